@@ -1,0 +1,1 @@
+//! Citadel: the mesh CA signing workload CSRs with SPIFFE identities

@@ -1,0 +1,1 @@
+//! The Bookinfo-shaped demo application and end-to-end test support.

@@ -1,0 +1,1 @@
+//! Galley: validates and stores mesh configuration and streams it over MCP

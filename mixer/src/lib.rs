@@ -1,0 +1,1 @@
+//! Mixer: Check and Report over istio.mixer.v1

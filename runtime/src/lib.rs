@@ -1,0 +1,20 @@
+//! The runtime every mesh service binary shares.
+//!
+//! - [`args`]: logging flags common to every service, parsed with clap.
+//! - [`monitoring`]: the monitoring HTTP server: `/healthz`, `/readyz`, Prometheus `/metrics`.
+//! - [`readiness`]: a set of named conditions; the service is ready when all hold.
+//! - [`shutdown`]: a future that resolves on SIGTERM or Ctrl-C.
+//! - [`startup`]: binding listeners with a one-line reason on failure, and the exit path for
+//!   errors that stop a service from starting.
+
+pub mod args;
+pub mod monitoring;
+pub mod readiness;
+pub mod shutdown;
+pub mod startup;
+
+pub use args::{LogArgs, LogFormat};
+pub use monitoring::{Metrics, monitoring_router, serve_monitoring};
+pub use readiness::Readiness;
+pub use shutdown::shutdown_signal;
+pub use startup::{StartError, bind_tcp, exit_on_error, init_logging};
