@@ -1,1 +1,13 @@
-fn main() {}
+//! The `pilot` binary: flags, logging, run, exit.
+
+use clap::Parser;
+use pilot::Args;
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    mesh_runtime::init_logging(&args.log);
+    // Each error message already carries its cause: print it once, not once per source.
+    let result = pilot::run(args, mesh_runtime::shutdown_signal()).await;
+    mesh_runtime::exit_on_error("pilot", result.map_err(|e| anyhow::anyhow!("{e}")));
+}

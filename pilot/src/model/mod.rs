@@ -1,0 +1,13 @@
+//! The service registry and traffic config, built from a snapshot.
+
+mod cache;
+mod hosts;
+mod registry;
+mod service;
+
+pub use cache::RegistryCache;
+pub use hosts::{resolve_host, service_fqdn};
+pub use registry::Registry;
+pub use service::{
+    DestinationRuleEntry, GatewayEntry, Instance, Port, Service, VirtualServiceEntry,
+};

@@ -1,0 +1,356 @@
+//! The registry: services, their instances and the traffic config, indexed for translation.
+//!
+//! Built from a [`Snapshot`] by a pure function. Objects that cannot be read as their typed model
+//! are left out and listed in [`Registry::problems`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use mesh_proto::config::{
+    ConfigObject, DestinationRule, EndpointPort, EndpointSubset, Endpoints, Gateway, Kind, Pod,
+    ServiceSpec, VirtualService,
+};
+use serde::Serialize;
+
+use super::hosts::{resolve_host, service_fqdn};
+use super::service::{
+    DestinationRuleEntry, GatewayEntry, Instance, Port, Service, VirtualServiceEntry,
+};
+use crate::galley_client::Snapshot;
+
+/// Everything translation needs, indexed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Registry {
+    pub domain_suffix: String,
+    /// Services by FQDN.
+    pub services: BTreeMap<String, Service>,
+    /// VirtualServices in `namespace/name` order.
+    pub virtual_services: Vec<VirtualServiceEntry>,
+    /// Indexes into `virtual_services` by resolved host.
+    pub vs_by_host: BTreeMap<String, Vec<usize>>,
+    /// The DestinationRule for each resolved host (the first by `namespace/name` wins).
+    pub destination_rules: BTreeMap<String, DestinationRuleEntry>,
+    /// Gateways in `namespace/name` order.
+    pub gateways: Vec<GatewayEntry>,
+    /// Objects left out, with the reason.
+    pub problems: Vec<String>,
+}
+
+struct PodInfo {
+    labels: BTreeMap<String, String>,
+    service_account: String,
+}
+
+impl Registry {
+    /// Builds the registry from `snapshot`, naming services under `domain_suffix`.
+    pub fn from_snapshot(snapshot: &Snapshot, domain_suffix: &str) -> Registry {
+        let mut reg = Registry {
+            domain_suffix: domain_suffix.to_string(),
+            ..Registry::default()
+        };
+        let pods = reg.pods(snapshot);
+        reg.add_services(snapshot, &pods);
+        reg.add_virtual_services(snapshot);
+        reg.add_destination_rules(snapshot);
+        reg.add_gateways(snapshot);
+        reg
+    }
+
+    /// The VirtualServices for `host` (resolved) that apply to sidecars.
+    pub fn mesh_virtual_services(&self, host: &str) -> impl Iterator<Item = &VirtualServiceEntry> {
+        self.vs_by_host
+            .get(host)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.virtual_services.get(*i))
+            .filter(|vs| vs.applies_to_mesh())
+    }
+
+    /// The DestinationRule for `host` (resolved).
+    pub fn destination_rule(&self, host: &str) -> Option<&DestinationRuleEntry> {
+        self.destination_rules.get(host)
+    }
+
+    /// Resolves `host` as written in `namespace`.
+    pub fn resolve(&self, host: &str, namespace: &str) -> String {
+        resolve_host(host, namespace, &self.domain_suffix)
+    }
+
+    fn problem(&mut self, obj: &ConfigObject, reason: impl std::fmt::Display) {
+        let msg = format!("{} {}: {reason}", obj.kind, obj.key());
+        tracing::warn!(object = %obj.key(), kind = %obj.kind, reason = %reason, "config object left out of the registry");
+        self.problems.push(msg);
+    }
+
+    fn pods(&mut self, snapshot: &Snapshot) -> (HashMap<String, PodInfo>, HashMap<String, String>) {
+        let mut by_key = HashMap::new();
+        let mut by_ip = HashMap::new();
+        for obj in snapshot.objects(Kind::Pod) {
+            let pod: Pod = match obj.body_as() {
+                Ok(p) => p,
+                Err(e) => {
+                    self.problem(obj, e);
+                    continue;
+                }
+            };
+            if let Some(ip) = &pod.status.pod_ip {
+                by_ip.insert(ip.clone(), obj.key());
+            }
+            by_key.insert(
+                obj.key(),
+                PodInfo {
+                    labels: obj.metadata.labels.clone(),
+                    service_account: pod
+                        .spec
+                        .service_account_name
+                        .clone()
+                        .unwrap_or_else(|| "default".to_string()),
+                },
+            );
+        }
+        (by_key, by_ip)
+    }
+
+    fn add_services(
+        &mut self,
+        snapshot: &Snapshot,
+        pods: &(HashMap<String, PodInfo>, HashMap<String, String>),
+    ) {
+        for obj in snapshot.objects(Kind::Service) {
+            let spec: ServiceSpec = match obj.spec() {
+                Ok(s) => s,
+                Err(e) => {
+                    self.problem(obj, e);
+                    continue;
+                }
+            };
+            let ns = &obj.metadata.namespace;
+            let fqdn = service_fqdn(&obj.metadata.name, ns, &self.domain_suffix);
+            let mut ports: Vec<Port> = spec
+                .ports
+                .iter()
+                .map(|p| Port {
+                    name: p.name.clone(),
+                    port: p.port,
+                    protocol: p.protocol.clone(),
+                })
+                .collect();
+            ports.sort_by_key(|p| p.port);
+            ports.dedup_by_key(|p| p.port);
+            let mut instances = BTreeMap::new();
+            if let Some(ep_obj) = snapshot.get(Kind::Endpoints, ns, &obj.metadata.name) {
+                match ep_obj.body_as::<Endpoints>() {
+                    Ok(eps) => {
+                        for sp in &spec.ports {
+                            let mut list = instances_for_port(&eps, sp, ns, pods);
+                            list.sort();
+                            list.dedup();
+                            instances.insert(sp.port, list);
+                        }
+                    }
+                    Err(e) => self.problem(ep_obj, e),
+                }
+            }
+            self.services.insert(
+                fqdn.clone(),
+                Service {
+                    name: obj.metadata.name.clone(),
+                    namespace: ns.clone(),
+                    fqdn,
+                    ports,
+                    instances,
+                },
+            );
+        }
+    }
+
+    fn add_virtual_services(&mut self, snapshot: &Snapshot) {
+        for obj in snapshot.objects(Kind::VirtualService) {
+            let spec: VirtualService = match obj.spec() {
+                Ok(s) => s,
+                Err(e) => {
+                    self.problem(obj, e);
+                    continue;
+                }
+            };
+            let ns = obj.metadata.namespace.clone();
+            let hosts: Vec<String> = spec.hosts.iter().map(|h| self.resolve(h, &ns)).collect();
+            let index = self.virtual_services.len();
+            for h in &hosts {
+                self.vs_by_host.entry(h.clone()).or_default().push(index);
+            }
+            self.virtual_services.push(VirtualServiceEntry {
+                namespace: ns,
+                name: obj.metadata.name.clone(),
+                hosts,
+                spec,
+            });
+        }
+    }
+
+    fn add_destination_rules(&mut self, snapshot: &Snapshot) {
+        for obj in snapshot.objects(Kind::DestinationRule) {
+            let spec: DestinationRule = match obj.spec() {
+                Ok(s) => s,
+                Err(e) => {
+                    self.problem(obj, e);
+                    continue;
+                }
+            };
+            let ns = obj.metadata.namespace.clone();
+            let host = self.resolve(&spec.host, &ns);
+            if let Some(first) = self.destination_rules.get(&host) {
+                let reason = format!(
+                    "host {host} already has DestinationRule {}/{}",
+                    first.namespace, first.name
+                );
+                self.problem(obj, reason);
+                continue;
+            }
+            self.destination_rules.insert(
+                host.clone(),
+                DestinationRuleEntry {
+                    namespace: ns,
+                    name: obj.metadata.name.clone(),
+                    host,
+                    spec,
+                },
+            );
+        }
+    }
+
+    fn add_gateways(&mut self, snapshot: &Snapshot) {
+        for obj in snapshot.objects(Kind::Gateway) {
+            match obj.spec::<Gateway>() {
+                Ok(spec) => self.gateways.push(GatewayEntry {
+                    namespace: obj.metadata.namespace.clone(),
+                    name: obj.metadata.name.clone(),
+                    spec,
+                }),
+                Err(e) => self.problem(obj, e),
+            }
+        }
+    }
+}
+
+/// The instances behind service port `sp`: in each Endpoints subset, the port named like the
+/// service port (or the only port, or the numeric target port), for every ready address.
+fn instances_for_port(
+    eps: &Endpoints,
+    sp: &mesh_proto::config::ServicePort,
+    namespace: &str,
+    (pods, pods_by_ip): &(HashMap<String, PodInfo>, HashMap<String, String>),
+) -> Vec<Instance> {
+    let mut out = Vec::new();
+    for subset in &eps.subsets {
+        let Some(port) = subset_port(subset, sp) else {
+            continue;
+        };
+        for addr in &subset.addresses {
+            let pod_key = match &addr.target_ref {
+                Some(r) if r.kind.as_deref().is_none_or(|k| k == "Pod") => Some(format!(
+                    "{}/{}",
+                    r.namespace.as_deref().unwrap_or(namespace),
+                    r.name
+                )),
+                Some(_) => None,
+                None => pods_by_ip.get(&addr.ip).cloned(),
+            };
+            let pod = pod_key.as_ref().and_then(|k| pods.get(k));
+            out.push(Instance {
+                ip: addr.ip.clone(),
+                port: port.port,
+                pod: pod_key.clone(),
+                labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
+                service_account: pod.map(|p| p.service_account.clone()),
+            });
+        }
+    }
+    out
+}
+
+fn subset_port<'a>(
+    subset: &'a EndpointSubset,
+    sp: &mesh_proto::config::ServicePort,
+) -> Option<&'a EndpointPort> {
+    if let Some(name) = &sp.name
+        && let Some(p) = subset.ports.iter().find(|p| p.name.as_ref() == Some(name))
+    {
+        return Some(p);
+    }
+    if let [only] = subset.ports.as_slice() {
+        return Some(only);
+    }
+    let target = sp
+        .target_port
+        .as_ref()
+        .and_then(|v| v.as_u64())
+        .unwrap_or(u64::from(sp.port));
+    subset.ports.iter().find(|p| u64::from(p.port) == target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn objs(v: serde_json::Value) -> Vec<ConfigObject> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn services_instances_and_config_indexes() {
+        let snap = Snapshot::from_objects(objs(serde_json::json!([
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": "default"},
+             "spec": {"ports": [{"name": "http", "port": 9080}, {"name": "grpc", "port": 7070}]}},
+            {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "reviews", "namespace": "default"},
+             "subsets": [{"addresses": [
+                 {"ip": "10.0.0.1", "targetRef": {"kind": "Pod", "name": "reviews-v1"}},
+                 {"ip": "10.0.0.2"}],
+               "ports": [{"name": "http", "port": 19080}, {"name": "grpc", "port": 17070}]}]},
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "reviews-v1", "namespace": "default", "labels": {"version": "v1"}},
+             "spec": {"serviceAccountName": "bookinfo-reviews"}},
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "reviews-v2", "namespace": "default", "labels": {"version": "v2"}},
+             "spec": {}, "status": {"podIP": "10.0.0.2"}},
+            {"apiVersion": "networking.istio.io/v1alpha3", "kind": "VirtualService", "metadata": {"name": "r", "namespace": "default"},
+             "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}},
+            {"apiVersion": "networking.istio.io/v1alpha3", "kind": "VirtualService", "metadata": {"name": "bad", "namespace": "default"},
+             "spec": {"hosts": "not-a-list"}},
+            {"apiVersion": "networking.istio.io/v1alpha3", "kind": "DestinationRule", "metadata": {"name": "r", "namespace": "default"},
+             "spec": {"host": "reviews.default"}}
+        ])));
+        let reg = Registry::from_snapshot(&snap, "cluster.local");
+        let svc = &reg.services["reviews.default.svc.cluster.local"];
+        assert_eq!(
+            svc.ports.iter().map(|p| p.port).collect::<Vec<_>>(),
+            vec![7070, 9080]
+        );
+        let http = &svc.instances[&9080];
+        assert_eq!(http.len(), 2);
+        assert_eq!(http[0].port, 19080);
+        assert_eq!(http[0].service_account.as_deref(), Some("bookinfo-reviews"));
+        assert_eq!(
+            http[1].labels.get("version").map(String::as_str),
+            Some("v2")
+        );
+        assert_eq!(
+            http[1].service_account.as_deref(),
+            Some("default"),
+            "pod found by IP"
+        );
+        assert_eq!(svc.instances[&7070][0].port, 17070);
+        assert_eq!(
+            svc.service_accounts().into_iter().collect::<Vec<_>>(),
+            vec!["bookinfo-reviews", "default"]
+        );
+        assert_eq!(
+            reg.mesh_virtual_services("reviews.default.svc.cluster.local")
+                .count(),
+            1
+        );
+        assert!(
+            reg.destination_rule("reviews.default.svc.cluster.local")
+                .is_some()
+        );
+        assert_eq!(reg.problems.len(), 1, "{:?}", reg.problems);
+        assert!(reg.problems[0].contains("default/bad"));
+    }
+}

@@ -1,0 +1,155 @@
+//! Translation: `(Registry, ProxyInfo) → ProxyConfig`, a pure function with no I/O.
+//!
+//! ```text
+//!  Registry ─┬─ cluster.rs      CDS  outbound|P||FQDN, outbound|P|SUBSET|FQDN (+ mTLS socket)
+//!            ├─ endpoint.rs     EDS  one ClusterLoadAssignment per cluster
+//!            ├─ listener.rs     LDS  virtualOutbound | 0.0.0.0_<port>
+//!            └─ route_table.rs  RDS  http_proxy | http.<port>   (http_route.rs: VS rules → routes)
+//! ```
+//! Output is sorted by name so that the versions (hashes of the encoded resources) are stable.
+
+mod cluster;
+mod duration;
+mod endpoint;
+mod http_route;
+mod listener;
+mod names;
+mod proxy_info;
+mod resources;
+mod route_table;
+
+use mesh_proto::envoy::envoy::config::cluster::v3::Cluster;
+use mesh_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use mesh_proto::envoy::envoy::config::listener::v3::Listener;
+use mesh_proto::envoy::envoy::config::route::v3::RouteConfiguration;
+
+pub use duration::{DurationError, parse_duration};
+pub use names::{
+    HTTP_PROXY_ROUTE, VIRTUAL_OUTBOUND, cluster_name, gateway_listener, gateway_route, sni, spiffe,
+};
+pub use proxy_info::{ProxyInfo, ProxyInfoError, ProxyType};
+pub use resources::{TypeResources, XdsType, pack};
+
+use crate::model::{Registry, VirtualServiceEntry};
+
+/// Settings of the translation that are not in the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// SPIFFE trust domain for the SANs (`cluster.local`).
+    pub trust_domain: String,
+}
+
+/// A VirtualService (or the part of it for one host) left out of a proxy's config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// `namespace/name`.
+    pub virtual_service: String,
+    pub reason: String,
+}
+
+impl Skipped {
+    fn new(vs: &VirtualServiceEntry, reason: String) -> Skipped {
+        Skipped {
+            virtual_service: format!("{}/{}", vs.namespace, vs.name),
+            reason,
+        }
+    }
+}
+
+/// One proxy's configuration, each list sorted by resource name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyConfig {
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<RouteConfiguration>,
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<ClusterLoadAssignment>,
+    /// VirtualServices that could not be translated (the rest of the config is unaffected).
+    pub skipped: Vec<Skipped>,
+}
+
+/// The encoded form of a [`ProxyConfig`], one [`TypeResources`] per xDS type.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncodedConfig {
+    pub clusters: TypeResources,
+    pub endpoints: TypeResources,
+    pub listeners: TypeResources,
+    pub routes: TypeResources,
+}
+
+impl EncodedConfig {
+    /// The resources of `t`.
+    pub fn get(&self, t: XdsType) -> &TypeResources {
+        match t {
+            XdsType::Cluster => &self.clusters,
+            XdsType::Endpoint => &self.endpoints,
+            XdsType::Listener => &self.listeners,
+            XdsType::Route => &self.routes,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Packs every resource and computes each type's version.
+    pub fn encode(&self) -> EncodedConfig {
+        use mesh_proto::type_url;
+        EncodedConfig {
+            clusters: TypeResources::encode(
+                type_url::CLUSTER,
+                self.clusters.iter().map(|c| (c.name.clone(), c.clone())),
+            ),
+            endpoints: TypeResources::encode(
+                type_url::ENDPOINT,
+                self.endpoints
+                    .iter()
+                    .map(|c| (c.cluster_name.clone(), c.clone())),
+            ),
+            listeners: TypeResources::encode(
+                type_url::LISTENER,
+                self.listeners.iter().map(|l| (l.name.clone(), l.clone())),
+            ),
+            routes: TypeResources::encode(
+                type_url::ROUTE,
+                self.routes.iter().map(|r| (r.name.clone(), r.clone())),
+            ),
+        }
+    }
+}
+
+/// Translates the registry into `proxy`'s configuration.
+pub fn translate(reg: &Registry, proxy: &ProxyInfo, opts: &Options) -> ProxyConfig {
+    let mut skipped = Vec::new();
+    let clusters = cluster::clusters(reg, &opts.trust_domain);
+    let endpoints = endpoint::load_assignments(reg);
+    let (listeners, routes) = match proxy.proxy_type {
+        ProxyType::Sidecar => (
+            vec![listener::sidecar_listener()],
+            vec![route_table::sidecar_routes(reg, proxy, &mut skipped)],
+        ),
+        ProxyType::Router => {
+            let gateways: Vec<_> = reg
+                .gateways
+                .iter()
+                .filter(|g| g.selects(&proxy.labels))
+                .collect();
+            let routes = route_table::gateway_routes(reg, proxy, &gateways, &mut skipped);
+            let listeners = routes
+                .iter()
+                .filter_map(|r| r.name.strip_prefix("http.")?.parse::<u32>().ok())
+                .map(listener::gateway_listener_for)
+                .collect();
+            (listeners, routes)
+        }
+    };
+    skipped.sort_by(|a, b| a.virtual_service.cmp(&b.virtual_service));
+    skipped.dedup();
+    ProxyConfig {
+        listeners,
+        routes,
+        clusters,
+        endpoints,
+        skipped,
+    }
+}
+
+#[cfg(test)]
+mod tests;
