@@ -1,1 +1,28 @@
-//! Galley: validates and stores mesh configuration and streams it over MCP
+//! Galley: validates and stores mesh configuration and streams it over MCP.
+//!
+//! ```text
+//!  --config-dir (polled) ─┐
+//!                         ├─► source (parse) ─► validate ─► store (sled, revisions) ─► mcp (ResourceSource)
+//!  POST /apis/v1/apply ───┘        file:line      field paths     all-or-nothing          full state per collection
+//! ```
+//!
+//! - [`source`]: YAML/JSON text into documents (with lines); the watched config directory.
+//! - [`validate`]: per-document checks producing [`validate::ValidationError`]s.
+//! - [`store`]: the sled store with a global revision and change notification.
+//! - [`mcp`]: the MCP `ResourceSource` server.
+//! - [`api`]: the HTTP apply API.
+//! - [`run`]: the service itself.
+
+pub mod api;
+pub mod mcp;
+mod service;
+pub mod source;
+pub mod store;
+pub mod validate;
+
+pub use service::{Config, GalleyError, READY_SERVING, READY_STORE, run};
+
+/// Resolves once `stop` holds `true` (or its sender is gone).
+pub(crate) async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

@@ -1,1 +1,59 @@
-fn main() {}
+//! The `galley` binary: flags, logging, run, exit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Galley: validates mesh configuration, keeps it in a store and serves it over MCP.
+#[derive(Debug, Parser)]
+#[command(name = "galley", version)]
+struct Args {
+    /// Directory of YAML/JSON config (*.yaml, *.yml, *.json, recursive), loaded at start and watched.
+    #[arg(long, env = "GALLEY_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+
+    /// Directory of the sled config store.
+    #[arg(long, env = "GALLEY_STORE", default_value = "./galley.sled")]
+    store: PathBuf,
+
+    /// Address of the MCP (ResourceSource) gRPC server.
+    #[arg(long, env = "GALLEY_MCP_ADDR", default_value = "127.0.0.1:9901")]
+    mcp_addr: SocketAddr,
+
+    /// Address of the HTTP apply API (/apis/v1/...).
+    #[arg(long, env = "GALLEY_API_ADDR", default_value = "127.0.0.1:9902")]
+    api_addr: SocketAddr,
+
+    /// Address of the monitoring server (/healthz, /readyz, /metrics).
+    #[arg(
+        long,
+        env = "GALLEY_MONITORING_ADDR",
+        default_value = "127.0.0.1:15014"
+    )]
+    monitoring_addr: SocketAddr,
+
+    /// How often the config dir is polled for changes, in milliseconds.
+    #[arg(long, env = "GALLEY_POLL_INTERVAL_MS", default_value_t = 500)]
+    poll_interval_ms: u64,
+
+    #[command(flatten)]
+    log: mesh_runtime::LogArgs,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    mesh_runtime::init_logging(&args.log);
+    let cfg = galley::Config {
+        config_dir: args.config_dir,
+        store_dir: args.store,
+        mcp_addr: args.mcp_addr,
+        api_addr: args.api_addr,
+        monitoring_addr: args.monitoring_addr,
+        poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
+    };
+    let result = galley::run(cfg, mesh_runtime::shutdown_signal()).await;
+    mesh_runtime::exit_on_error("galley", result.map_err(anyhow::Error::from));
+}

@@ -1,0 +1,158 @@
+//! The HTTP apply API: `POST /apis/v1/apply`, `GET /apis/v1/{kind}`,
+//! `DELETE /apis/v1/{kind}/{namespace}/{name}`.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use mesh_proto::config::Kind;
+use prometheus_client::metrics::counter::Counter;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::store::{Change, Store};
+use crate::validate::check_text;
+
+/// The header naming the source file of an apply body (used in error positions).
+pub const SOURCE_HEADER: &str = "x-mesh-source";
+
+/// Counters of the apply API.
+#[derive(Debug, Clone, Default)]
+pub struct ApiMetrics {
+    /// `galley_api_applies_total`: accepted apply requests.
+    pub applies: Counter,
+    /// `galley_api_rejected_applies_total`: apply requests refused as invalid.
+    pub rejected: Counter,
+}
+
+impl ApiMetrics {
+    pub fn register(metrics: &mesh_runtime::Metrics) -> ApiMetrics {
+        let m = ApiMetrics::default();
+        metrics.register(|r| {
+            r.register(
+                "galley_api_applies",
+                "Apply requests stored",
+                m.applies.clone(),
+            );
+            r.register(
+                "galley_api_rejected_applies",
+                "Apply requests rejected as invalid",
+                m.rejected.clone(),
+            );
+        });
+        m
+    }
+}
+
+#[derive(Clone)]
+struct ApiState {
+    store: Store,
+    metrics: ApiMetrics,
+}
+
+/// The API routes over `store`.
+pub fn api_router(store: Store, metrics: ApiMetrics) -> Router {
+    Router::new()
+        .route("/apis/v1/apply", post(apply))
+        .route("/apis/v1/{kind}", get(list))
+        .route("/apis/v1/{kind}/{namespace}/{name}", delete(remove))
+        .with_state(ApiState { store, metrics })
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+async fn apply(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let source = headers
+        .get(SOURCE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or("request")
+        .to_string();
+    let Ok(text) = std::str::from_utf8(&body) else {
+        s.metrics.rejected.inc();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"errors": [{"file": source, "line": 0, "kind": "", "namespace": "", "name": "", "field": "", "message": "body is not UTF-8 text"}]})),
+        )
+            .into_response();
+    };
+    let report = check_text(&source, text);
+    if !report.errors.is_empty() {
+        s.metrics.rejected.inc();
+        for e in &report.errors {
+            tracing::info!(error = %e, "apply rejected");
+        }
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"errors": report.errors})),
+        )
+            .into_response();
+    }
+    let changes = report
+        .objects
+        .into_iter()
+        .map(|v| Change::Put(v.kind, v.object))
+        .collect();
+    match s.store.apply(changes).await {
+        Ok(res) => {
+            s.metrics.applies.inc();
+            tracing::info!(source = %source, objects = res.applied.len(), revision = res.revision, "apply stored");
+            Json(json!({"applied": res.applied, "skipped": report.skipped})).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "apply could not be stored");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    namespace: Option<String>,
+}
+
+fn unknown_kind(name: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format!("unknown kind {name:?}"))
+}
+
+async fn list(
+    State(s): State<ApiState>,
+    Path(kind): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let Some(kind) = Kind::from_name(&kind) else {
+        return unknown_kind(&kind);
+    };
+    match s
+        .store
+        .list(kind, q.namespace.as_deref().filter(|n| !n.is_empty()))
+    {
+        Ok(items) => Json(json!({"items": items})).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn remove(
+    State(s): State<ApiState>,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+) -> Response {
+    let Some(kind) = Kind::from_name(&kind) else {
+        return unknown_kind(&kind);
+    };
+    match s.store.delete(kind, &namespace, &name).await {
+        Ok(Some(revision)) => Json(json!({"deleted": {
+            "kind": kind.info().kind, "namespace": namespace, "name": name, "revision": revision
+        }}))
+        .into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("{} {namespace}/{name} not found", kind.info().kind),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

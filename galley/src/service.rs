@@ -1,0 +1,244 @@
+//! Running galley: bind, load the config dir, serve MCP, the apply API and monitoring, stop on
+//! shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mesh_runtime::{Metrics, Readiness, StartError, bind_tcp, serve_monitoring};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::watch;
+
+use crate::api::{ApiMetrics, api_router};
+use crate::mcp::{McpMetrics, McpServer};
+use crate::source::{DirSource, SyncError};
+use crate::stopped;
+use crate::store::{Store, StoreError};
+
+/// Readiness conditions: the config dir is loaded, and the servers are running.
+pub const READY_STORE: &str = "store";
+pub const READY_SERVING: &str = "serving";
+
+/// What galley needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// YAML/JSON directory loaded at start and watched.
+    pub config_dir: Option<PathBuf>,
+    /// sled store directory.
+    pub store_dir: PathBuf,
+    pub mcp_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub monitoring_addr: SocketAddr,
+    /// How often the config dir is polled for changes.
+    pub poll_interval: Duration,
+}
+
+/// Why galley stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GalleyError {
+    #[error("{0}")]
+    Start(StartError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] SyncError),
+    #[error("{what} server failed: {message}")]
+    Serve { what: &'static str, message: String },
+}
+
+impl From<StartError> for GalleyError {
+    fn from(e: StartError) -> Self {
+        GalleyError::Start(e)
+    }
+}
+
+type ServerTask = tokio::task::JoinHandle<Result<(), String>>;
+
+/// Runs galley until `shutdown` resolves (Ok) or something fails (Err).
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GalleyError> {
+    let mcp_listener = bind_tcp("mcp", cfg.mcp_addr).await?;
+    let api_listener = bind_tcp("api", cfg.api_addr).await?;
+    let monitoring_listener = bind_tcp("monitoring", cfg.monitoring_addr).await?;
+
+    let readiness = Readiness::new(&[READY_STORE, READY_SERVING]);
+    let metrics = Metrics::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let monitoring: ServerTask = tokio::spawn({
+        let (r, m, s) = (readiness.clone(), metrics.clone(), stopped(stop_rx.clone()));
+        async move {
+            serve_monitoring(monitoring_listener, r, m, s)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
+
+    let store = Store::open(&cfg.store_dir)?;
+    spawn_revision_gauge(&store, &metrics, stop_rx.clone());
+    if let Some(dir) = &cfg.config_dir {
+        let mut source = DirSource::new(dir.clone());
+        let outcome = source.sync_into(&store).await?;
+        tracing::info!(dir = %dir.display(), changes = outcome.changes, invalid = outcome.errors, revision = store.revision(), "config dir loaded");
+        tokio::spawn(source.watch(store.clone(), cfg.poll_interval, stopped(stop_rx.clone())));
+    }
+    readiness.set(READY_STORE, true);
+
+    let mcp: ServerTask = tokio::spawn({
+        let server = McpServer::new(
+            store.clone(),
+            McpMetrics::register(&metrics),
+            stop_rx.clone(),
+        );
+        async move { server.serve(mcp_listener).await.map_err(|e| e.to_string()) }
+    });
+    let api: ServerTask = tokio::spawn({
+        let router = api_router(store.clone(), ApiMetrics::register(&metrics));
+        let s = stopped(stop_rx.clone());
+        async move {
+            axum::serve(api_listener, router)
+                .with_graceful_shutdown(s)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
+    readiness.set(READY_SERVING, true);
+    tracing::info!(mcp = %cfg.mcp_addr, api = %cfg.api_addr, monitoring = %cfg.monitoring_addr, store = %cfg.store_dir.display(), "galley serving");
+
+    let mut tasks = [("mcp", mcp), ("api", api), ("monitoring", monitoring)];
+    let early = {
+        let [(_, a), (_, b), (_, c)] = &mut tasks;
+        tokio::select! {
+            () = shutdown => None,
+            r = a => Some(("mcp", r)),
+            r = b => Some(("api", r)),
+            r = c => Some(("monitoring", r)),
+        }
+    };
+    readiness.set(READY_SERVING, false);
+    let _ = stop_tx.send(true);
+    let mut result = Ok(());
+    let finished = early.as_ref().map(|(what, _)| *what);
+    if let Some((what, r)) = early {
+        let message = match r {
+            Ok(Ok(())) => "stopped unexpectedly".to_string(),
+            Ok(Err(e)) => e,
+            Err(e) => e.to_string(),
+        };
+        result = Err(GalleyError::Serve { what, message });
+    }
+    for (what, task) in tasks {
+        if finished == Some(what) {
+            continue; // already awaited
+        }
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(server = what, error = %e, "server stopped with an error")
+            }
+            Err(_) => tracing::warn!(server = what, "server did not stop within 5s"),
+            _ => {}
+        }
+    }
+    tracing::info!("galley stopped");
+    result
+}
+
+/// Keeps `galley_store_revision` equal to the store revision.
+fn spawn_revision_gauge(store: &Store, metrics: &Metrics, stop: watch::Receiver<bool>) {
+    let gauge: Gauge = Gauge::default();
+    metrics.register(|r| {
+        r.register(
+            "galley_store_revision",
+            "Current config store revision",
+            gauge.clone(),
+        )
+    });
+    let mut rx = store.subscribe();
+    tokio::spawn(async move {
+        let stop = stopped(stop);
+        tokio::pin!(stop);
+        loop {
+            let rev = *rx.borrow_and_update();
+            gauge.set(i64::try_from(rev).unwrap_or(i64::MAX));
+            tokio::select! {
+                () = &mut stop => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn free_addr() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    fn config(config_dir: Option<PathBuf>, store_dir: PathBuf) -> Config {
+        Config {
+            config_dir,
+            store_dir,
+            mcp_addr: free_addr(),
+            api_addr: free_addr(),
+            monitoring_addr: free_addr(),
+            poll_interval: Duration::from_millis(50),
+        }
+    }
+
+    #[tokio::test]
+    async fn unreadable_config_dir_fails_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(Some(tmp.path().join("missing")), tmp.path().join("store"));
+        let err = run(cfg, std::future::pending()).await.unwrap_err();
+        assert!(
+            err.to_string().starts_with("cannot read config dir"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn serves_until_shutdown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("config");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(
+            dir.join("vs.yaml"),
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec: {hosts: [reviews]}\n",
+        )
+        .unwrap();
+        let cfg = config(Some(dir), tmp.path().join("store"));
+        let (api, mon) = (cfg.api_addr, cfg.monitoring_addr);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(cfg, async move {
+            let _ = rx.await;
+        }));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready = reqwest::get(format!("http://{mon}/readyz")).await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let body: serde_json::Value = reqwest::get(format!("http://{api}/apis/v1/virtualservices"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["items"][0]["metadata"]["name"], "reviews");
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}

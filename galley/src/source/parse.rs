@@ -1,0 +1,180 @@
+//! Parsing the text of a YAML or JSON file into documents (untyped JSON values).
+
+use serde_json::Value;
+
+use super::split::split_documents;
+
+/// One parsed document, with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub file: String,
+    /// 1-based line of the document's first content line.
+    pub line: usize,
+    pub value: Value,
+}
+
+/// A document that is not well-formed YAML or JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct ParseError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// The YAML reading rules: YAML 1.2 core schema (only `true`/`false` are booleans, no legacy
+/// octals, no sexagesimal numbers), so values like `001:db8::` or `on` stay strings.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        strict_booleans: true,
+        legacy_octal_numbers: false,
+    }
+}
+
+/// Parses one document's YAML text; `first_line` is where the text starts in its file.
+fn parse_yaml(file: &str, first_line: usize, text: &str) -> Result<Value, ParseError> {
+    serde_saphyr::from_str_with_options::<Value>(text, yaml_options()).map_err(|e| {
+        let line = e
+            .location()
+            .map(|l| first_line + usize::try_from(l.line()).unwrap_or(1).max(1) - 1)
+            .unwrap_or(first_line);
+        ParseError {
+            file: file.to_string(),
+            line,
+            message: e.without_snippet().to_string(),
+        }
+    })
+}
+
+/// Parses a JSON text: one object, an array of objects, or both as a Kubernetes `List`
+/// (expanded by [`expand_lists`]).
+fn parse_json(file: &str, text: &str) -> Result<Value, ParseError> {
+    serde_json::from_str::<Value>(text).map_err(|e| ParseError {
+        file: file.to_string(),
+        line: e.line().max(1),
+        message: e.to_string(),
+    })
+}
+
+/// A JSON array or a `kind: List` object stands for its items.
+fn expand_lists(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) => items.into_iter().flat_map(expand_lists).collect(),
+        Value::Object(mut map)
+            if map.get("kind").and_then(Value::as_str) == Some("List")
+                && map.get("items").is_some_and(Value::is_array) =>
+        {
+            match map.remove("items") {
+                Some(items) => expand_lists(items),
+                None => Vec::new(),
+            }
+        }
+        other => vec![other],
+    }
+}
+
+/// Parses every document of a file's text. Each document fails or succeeds on its own; empty
+/// documents (only comments, or `null`) are dropped.
+pub fn parse_text(file: &str, text: &str) -> Vec<Result<Document, ParseError>> {
+    let mut out = Vec::new();
+    let looks_json = text.trim_start().starts_with(['{', '[']);
+    if looks_json {
+        let line = text
+            .lines()
+            .position(|l| !l.trim().is_empty())
+            .map_or(1, |i| i + 1);
+        match parse_json(file, text) {
+            Ok(v) => out.extend(expand_lists(v).into_iter().map(|value| {
+                Ok(Document {
+                    file: file.to_string(),
+                    line,
+                    value,
+                })
+            })),
+            Err(e) => out.push(Err(e)),
+        }
+        return out;
+    }
+    for raw in split_documents(text) {
+        match parse_yaml(file, raw.first_line, &raw.text) {
+            Ok(Value::Null) => {}
+            Ok(v) => out.extend(expand_lists(v).into_iter().map(|value| {
+                Ok(Document {
+                    file: file.to_string(),
+                    line: raw.line,
+                    value,
+                })
+            })),
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn yaml_documents_keep_their_lines() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\n# comment\napiVersion: v1\nkind: Pod\n";
+        let docs: Vec<_> = parse_text("f.yaml", text)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].line, 1);
+        assert_eq!(docs[0].value["metadata"]["name"], "a");
+        assert_eq!(docs[1].line, 6);
+        assert_eq!(docs[1].value["kind"], "Pod");
+    }
+
+    #[test]
+    fn yaml_1_2_scalars() {
+        let text = "a: 001:db8::1\nb: on\nc: yes\nd: 0755\ne: true\nf: 12\ng: 1:20\nh: 1.5\ni: [\"001:db8::\", 2001:db8::1]\n";
+        let docs = parse_text("f.yaml", text);
+        let v = &docs[0].as_ref().unwrap().value;
+        assert_eq!(v["a"], json!("001:db8::1"));
+        assert_eq!(v["i"], json!(["001:db8::", "2001:db8::1"]));
+        assert_eq!(v["b"], json!("on"));
+        assert_eq!(v["c"], json!("yes"));
+        assert_eq!(v["d"].as_f64(), Some(755.0), "decimal, not octal");
+        assert_eq!(v["e"], json!(true));
+        assert_eq!(v["f"], json!(12));
+        assert_eq!(v["g"], json!("1:20"));
+        assert_eq!(v["h"], json!(1.5));
+    }
+
+    #[test]
+    fn a_broken_document_fails_alone_with_its_line() {
+        let text = "kind: A\n---\nkind: B\nspec:\n  hosts: [a, b\n  x: 1\n---\nkind: C\n";
+        let docs = parse_text("bad.yaml", text);
+        assert_eq!(docs.len(), 3);
+        assert!(docs[0].is_ok());
+        let err = docs[1].as_ref().unwrap_err();
+        assert_eq!(err.file, "bad.yaml");
+        assert!(
+            (3..=7).contains(&err.line),
+            "error line {} should be inside the second document",
+            err.line
+        );
+        assert!(!err.message.is_empty());
+        assert_eq!(docs[2].as_ref().unwrap().value["kind"], "C");
+        assert_eq!(docs[2].as_ref().unwrap().line, 8);
+    }
+
+    #[test]
+    fn json_objects_arrays_and_lists() {
+        let docs = parse_text(
+            "f.json",
+            "{\"kind\":\"List\",\"items\":[{\"kind\":\"A\"},{\"kind\":\"B\"}]}",
+        );
+        assert_eq!(docs.len(), 2);
+        let docs = parse_text("f.json", "\n[{\"kind\":\"A\"}]");
+        assert_eq!(docs[0].as_ref().unwrap().line, 2);
+        let docs = parse_text("f.json", "{\"kind\": }");
+        assert!(docs[0].is_err());
+    }
+}

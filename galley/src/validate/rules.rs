@@ -1,0 +1,172 @@
+//! Per-kind checks: the typed model must read, then the semantic rules of each kind.
+
+use mesh_proto::config::{
+    ConfigObject, DestinationRule, Endpoints, Gateway, HandlerSpec, InstanceSpec, Kind, ModelError,
+    Pod, RuleSpec, ServiceSpec, VirtualService,
+};
+use serde_json::Value;
+
+use super::error::{ErrorContext, ValidationError};
+
+/// Every problem of `obj`'s body. A body that does not fit the typed model yields that one
+/// error (the semantic rules need the typed view).
+pub(crate) fn check_body(
+    kind: Kind,
+    obj: &ConfigObject,
+    cx: &ErrorContext,
+) -> Vec<ValidationError> {
+    let typed = |e: ModelError| vec![cx.error(e.field, e.message)];
+    match kind {
+        Kind::VirtualService => match obj.spec::<VirtualService>() {
+            Ok(vs) => virtual_service(&vs, obj, cx),
+            Err(e) => typed(e),
+        },
+        Kind::DestinationRule => match obj.spec::<DestinationRule>() {
+            Ok(dr) => destination_rule(&dr, cx),
+            Err(e) => typed(e),
+        },
+        Kind::Gateway => match obj.spec::<Gateway>() {
+            Ok(gw) => gateway(&gw, cx),
+            Err(e) => typed(e),
+        },
+        Kind::Service => match obj.spec::<ServiceSpec>() {
+            Ok(svc) => service(&svc, cx),
+            Err(e) => typed(e),
+        },
+        Kind::Endpoints => obj
+            .body_as::<Endpoints>()
+            .err()
+            .map_or_else(Vec::new, typed),
+        Kind::Pod => obj.body_as::<Pod>().err().map_or_else(Vec::new, typed),
+        Kind::Rule => obj.spec::<RuleSpec>().err().map_or_else(Vec::new, typed),
+        Kind::Handler => obj.spec::<HandlerSpec>().err().map_or_else(Vec::new, typed),
+        Kind::Instance => obj
+            .spec::<InstanceSpec>()
+            .err()
+            .map_or_else(Vec::new, typed),
+        _ => Vec::new(),
+    }
+}
+
+fn virtual_service(
+    vs: &VirtualService,
+    obj: &ConfigObject,
+    cx: &ErrorContext,
+) -> Vec<ValidationError> {
+    let mut errs = Vec::new();
+    if vs.hosts.is_empty() {
+        errs.push(cx.error("spec.hosts", "at least one host is required"));
+    }
+    for (i, h) in vs.hosts.iter().enumerate() {
+        if h.is_empty() {
+            errs.push(cx.error(format!("spec.hosts[{i}]"), "host must not be empty"));
+        }
+    }
+    let raw_http = obj
+        .body
+        .get("spec")
+        .and_then(|s| s.get("http"))
+        .and_then(Value::as_array);
+    for (i, rule) in vs.http.iter().enumerate() {
+        let at = format!("spec.http[{i}]");
+        let direct_response = raw_http
+            .and_then(|h| h.get(i))
+            .and_then(|r| r.get("directResponse"))
+            .is_some_and(|v| !v.is_null());
+        if rule.route.is_empty() && rule.redirect.is_none() && !direct_response {
+            errs.push(cx.error(
+                at.clone(),
+                "an http rule needs a route, a redirect or a directResponse",
+            ));
+        }
+        if !rule.route.is_empty() && (rule.redirect.is_some() || direct_response) {
+            errs.push(cx.error(
+                at.clone(),
+                "route cannot be set together with redirect or directResponse",
+            ));
+        }
+        for (j, dest) in rule.route.iter().enumerate() {
+            if dest.destination.host.is_empty() {
+                errs.push(cx.error(
+                    format!("{at}.route[{j}].destination.host"),
+                    "host must not be empty",
+                ));
+            }
+            if let Some(w) = dest.weight
+                && !(0..=100).contains(&w)
+            {
+                errs.push(cx.error(
+                    format!("{at}.route[{j}].weight"),
+                    format!("weight {w} must be between 0 and 100"),
+                ));
+            }
+        }
+        if rule.route.len() > 1 {
+            let sum: i64 = rule
+                .route
+                .iter()
+                .map(|d| i64::from(d.weight.unwrap_or(0)))
+                .sum();
+            if sum != 100 {
+                errs.push(cx.error(
+                    format!("{at}.route"),
+                    format!("weights of the destinations sum to {sum}, must be 100"),
+                ));
+            }
+        }
+    }
+    errs
+}
+
+fn destination_rule(dr: &DestinationRule, cx: &ErrorContext) -> Vec<ValidationError> {
+    let mut errs = Vec::new();
+    if dr.host.is_empty() {
+        errs.push(cx.error("spec.host", "host must not be empty"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, s) in dr.subsets.iter().enumerate() {
+        let field = format!("spec.subsets[{i}].name");
+        if s.name.is_empty() {
+            errs.push(cx.error(field, "subset name must not be empty"));
+        } else if !seen.insert(s.name.as_str()) {
+            errs.push(cx.error(field, format!("duplicate subset name {:?}", s.name)));
+        }
+    }
+    errs
+}
+
+fn gateway(gw: &Gateway, cx: &ErrorContext) -> Vec<ValidationError> {
+    let mut errs = Vec::new();
+    if gw.servers.is_empty() {
+        errs.push(cx.error("spec.servers", "at least one server is required"));
+    }
+    for (i, s) in gw.servers.iter().enumerate() {
+        if !(1..=65535).contains(&s.port.number) {
+            errs.push(cx.error(
+                format!("spec.servers[{i}].port.number"),
+                format!("port {} must be between 1 and 65535", s.port.number),
+            ));
+        }
+        if s.hosts.is_empty() {
+            errs.push(cx.error(
+                format!("spec.servers[{i}].hosts"),
+                "at least one host is required",
+            ));
+        }
+    }
+    errs
+}
+
+fn service(svc: &ServiceSpec, cx: &ErrorContext) -> Vec<ValidationError> {
+    svc.ports
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.port == 0)
+        .map(|(i, _)| {
+            cx.error(
+                format!("spec.ports[{i}].port"),
+                "port must be between 1 and 65535",
+            )
+        })
+        .collect()
+}
