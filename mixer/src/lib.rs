@@ -1,1 +1,26 @@
-//! Mixer: Check and Report over istio.mixer.v1
+//! Mixer: Check and Report over `istio.mixer.v1`, policy from galley over MCP.
+//!
+//! - [`expr`]: the expression language of rule `match` clauses (a CEXL subset).
+//! - [`adapter`]: the in-process adapters (`denier`, `listchecker`).
+//! - [`config`]: the MCP sink, the typed config it keeps and the policy compiled from it.
+//! - [`check`]: answering Check: decode, workload attributes, rules, referenced attributes.
+//! - [`report`]: answering Report: delta-decoded batches, counted per destination service.
+//! - [`dedup`]: the bounded memory of Check deduplication ids.
+//! - [`server`]: the gRPC service.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`service`]: [`run`], which binds, serves and stops the whole process.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod adapter;
+pub mod check;
+pub mod config;
+pub mod dedup;
+pub mod expr;
+pub mod metrics;
+pub mod report;
+pub mod server;
+pub mod service;
+
+pub use server::MixerService;
+pub use service::{Config, RunError, run};

@@ -10,7 +10,9 @@
 //! - [`discovery`]: the stream engine shared by Galley (MCP) and Pilot (xDS): versions, nonces,
 //!   and the ACK/NACK rules.
 //! - [`dictionary`]: Mixer's global word list, whose order is part of the wire format.
+//! - [`attributes`]: Mixer attribute bags and their compressed wire form (incl. report deltas).
 
+pub mod attributes;
 pub mod config;
 pub mod dictionary;
 pub mod discovery;

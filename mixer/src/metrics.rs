@@ -1,0 +1,82 @@
+//! Mixer's Prometheus metrics.
+
+use mesh_runtime::Metrics;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Handles to every metric Mixer updates (cheap to clone).
+#[derive(Clone, Default, Debug)]
+pub struct MixerMetrics {
+    check_total: Family<Labels, Counter>,
+    report_records: Counter,
+    reported_requests: Family<Labels, Counter>,
+    config_rules: Gauge,
+    config_updates: Family<Labels, Counter>,
+}
+
+impl MixerMetrics {
+    /// Creates the metrics and registers them in `metrics`.
+    pub fn register(metrics: &Metrics) -> Self {
+        let m = MixerMetrics::default();
+        metrics.register(|r| {
+            r.register(
+                "mixer_check",
+                "Check calls answered, by result code name",
+                m.check_total.clone(),
+            );
+            r.register(
+                "mixer_report_records",
+                "Attribute bags received in Report calls",
+                m.report_records.clone(),
+            );
+            r.register(
+                "mixer_reported_requests",
+                "Reported requests by destination.service.host",
+                m.reported_requests.clone(),
+            );
+            r.register(
+                "mixer_config_rules",
+                "Rules in the current configuration",
+                m.config_rules.clone(),
+            );
+            r.register(
+                "mixer_config_updates",
+                "Configuration updates received from galley, by collection and result (ack/nack)",
+                m.config_updates.clone(),
+            );
+        });
+        m
+    }
+
+    pub fn check_answered(&self, code: &str) {
+        self.check_total
+            .get_or_create(&vec![("code", code.to_string())])
+            .inc();
+    }
+
+    pub fn report_record(&self, destination_service: &str) {
+        self.report_records.inc();
+        self.reported_requests
+            .get_or_create(&vec![(
+                "destination_service",
+                destination_service.to_string(),
+            )])
+            .inc();
+    }
+
+    pub fn set_rules(&self, n: usize) {
+        self.config_rules.set(n as i64);
+    }
+
+    pub fn config_update(&self, collection: &str, result: &'static str) {
+        self.config_updates
+            .get_or_create(&vec![
+                ("collection", collection.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
+}
