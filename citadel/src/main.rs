@@ -1,1 +1,63 @@
-fn main() {}
+//! The `citadel` binary: flags, logging, run until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Citadel: the mesh CA. Signs workload CSRs with the SPIFFE identity the caller's token proves.
+#[derive(Debug, Parser)]
+#[command(name = "citadel", version)]
+struct Args {
+    /// Address of the IstioCertificateService gRPC listener (plaintext in local mode).
+    #[arg(long, env = "CITADEL_GRPC_ADDR", default_value = "127.0.0.1:8060")]
+    grpc_addr: SocketAddr,
+
+    /// State directory holding the CA key and certificate and the token issuer key (created
+    /// if missing). Put cert-chain.pem and root-cert.pem beside ca-cert.pem/ca-key.pem to sign
+    /// with a plugged-in intermediate.
+    #[arg(long, env = "CITADEL_STATE_DIR")]
+    state_dir: PathBuf,
+
+    /// Trust domain of issued SPIFFE identities (spiffe://<trust-domain>/ns/<ns>/sa/<sa>).
+    #[arg(long, env = "CITADEL_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+
+    /// Lifetime of a certificate when the request asks for none (e.g. 24h, 90m).
+    #[arg(long, env = "CITADEL_DEFAULT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    default_ttl: Duration,
+
+    /// Longest lifetime a request may ask for; longer requests are refused.
+    #[arg(long, env = "CITADEL_MAX_TTL", default_value = "2160h", value_parser = humantime::parse_duration)]
+    max_ttl: Duration,
+
+    /// Address of the monitoring listener (/healthz, /readyz, /metrics).
+    #[arg(
+        long,
+        env = "CITADEL_MONITORING_ADDR",
+        default_value = "127.0.0.1:15014"
+    )]
+    monitoring_addr: SocketAddr,
+
+    #[command(flatten)]
+    log: mesh_runtime::LogArgs,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    mesh_runtime::init_logging(&args.log);
+    let config = citadel::Config {
+        grpc_addr: args.grpc_addr,
+        monitoring_addr: args.monitoring_addr,
+        state_dir: args.state_dir,
+        trust_domain: args.trust_domain,
+        ttl: citadel::TtlPolicy {
+            default: args.default_ttl,
+            max: args.max_ttl,
+        },
+    };
+    let result = citadel::run(config, mesh_runtime::shutdown_signal()).await;
+    mesh_runtime::exit_on_error("citadel", result.map_err(anyhow::Error::from));
+}

@@ -13,7 +13,7 @@ pub enum StartError {
     Bind {
         what: &'static str,
         addr: SocketAddr,
-        #[source]
+        /// Kept in the message, not as `source()`, so the one-line exit reason names it once.
         source: std::io::Error,
     },
 }

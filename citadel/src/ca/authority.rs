@@ -1,0 +1,289 @@
+//! The CA's signing certificate and key.
+//!
+//! On first start Citadel generates a self-signed P-256 root (10 years) and writes
+//! `ca-cert.pem` and `ca-key.pem` (0600) into the state directory; later starts load them.
+//! Plug-in mode (Istio's `cacerts` layout): when `cert-chain.pem` and `root-cert.pem` sit beside
+//! `ca-cert.pem`/`ca-key.pem`, `ca-cert.pem` is an intermediate and issued chains are
+//! leaf → intermediate(s) → root.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls_pki_types::CertificateDer;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::files::{self, FileError};
+
+pub const CA_CERT_FILE: &str = "ca-cert.pem";
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
+pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+
+/// Lifetime of a generated root.
+pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Why the CA could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("cannot generate the root CA: {0}")]
+    Generate(rcgen::Error),
+    #[error("incomplete CA in {dir}: {present} is present but {missing} is missing")]
+    Incomplete {
+        dir: PathBuf,
+        present: &'static str,
+        missing: &'static str,
+    },
+}
+
+fn invalid(path: &Path, reason: impl Into<String>) -> CaError {
+    CaError::Invalid {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// The signing key and certificate, and the chain that follows a leaf up to the root.
+pub struct CertificateAuthority {
+    pub(crate) issuer: Issuer<'static, KeyPair>,
+    /// PEM certificates after the leaf in an issued chain: intermediates, then the root.
+    pub(crate) chain_after_leaf: Vec<String>,
+    pub(crate) signing_not_after: SystemTime,
+    root_pem: String,
+    plugged_in: bool,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("plugged_in", &self.plugged_in)
+            .field("chain_len", &self.chain_after_leaf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Loads the CA from `state_dir` (created if missing), generating a root on first start.
+    pub fn load_or_create(state_dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
+        files::ensure_dir(state_dir)?;
+        let cert_path = state_dir.join(CA_CERT_FILE);
+        let key_path = state_dir.join(CA_KEY_FILE);
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => Self::load(state_dir),
+            (false, false) => Self::generate(state_dir, trust_domain),
+            (true, false) => Err(CaError::Incomplete {
+                dir: state_dir.to_path_buf(),
+                present: CA_CERT_FILE,
+                missing: CA_KEY_FILE,
+            }),
+            (false, true) => Err(CaError::Incomplete {
+                dir: state_dir.to_path_buf(),
+                present: CA_KEY_FILE,
+                missing: CA_CERT_FILE,
+            }),
+        }
+    }
+
+    /// Whether an intermediate from the plug-in files is signing.
+    pub fn is_plugged_in(&self) -> bool {
+        self.plugged_in
+    }
+
+    /// The root certificate, PEM.
+    pub fn root_cert_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// The certificates following a leaf in an issued chain (intermediates, then the root).
+    pub fn chain_after_leaf(&self) -> &[String] {
+        &self.chain_after_leaf
+    }
+
+    fn generate(state_dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
+        let key =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Generate)?;
+        let now = time::OffsetDateTime::now_utc();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, trust_domain);
+        dn.push(DnType::CommonName, "Citadel Root CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + ROOT_LIFETIME;
+        params.serial_number = Some(super::sign::random_serial());
+        let cert = params.self_signed(&key).map_err(CaError::Generate)?;
+
+        // Key first: a crash in between leaves a key without a certificate, reported at the
+        // next start rather than silently replaced.
+        let key_path = state_dir.join(CA_KEY_FILE);
+        let cert_path = state_dir.join(CA_CERT_FILE);
+        let won = files::create_once(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        if !won {
+            // Another process created the CA at the same moment: use theirs.
+            return Self::load(state_dir);
+        }
+        files::create_once(&cert_path, cert.pem().as_bytes(), 0o644)?;
+        tracing::info!(
+            dir = %state_dir.display(),
+            %trust_domain,
+            "generated a self-signed root CA"
+        );
+        Self::load(state_dir)
+    }
+
+    fn load(state_dir: &Path) -> Result<Self, CaError> {
+        let cert_path = state_dir.join(CA_CERT_FILE);
+        let key_path = state_dir.join(CA_KEY_FILE);
+        let chain_path = state_dir.join(CERT_CHAIN_FILE);
+        let root_path = state_dir.join(ROOT_CERT_FILE);
+
+        let signing = read_certs(&cert_path)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| invalid(&cert_path, "no certificate"))?;
+        let key_pem = files::read_to_string(&key_path)?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| invalid(&key_path, format!("cannot load private key: {e}")))?;
+
+        let signing_x509 = parse(&cert_path, &signing)?;
+        if !is_ca(&signing_x509) {
+            return Err(invalid(
+                &cert_path,
+                "not a CA certificate (basicConstraints CA:true)",
+            ));
+        }
+        if signing_x509.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(invalid(&key_path, format!("does not match {CA_CERT_FILE}")));
+        }
+        let signing_not_after = to_system_time(signing_x509.validity().not_after.timestamp());
+
+        let plugged_in = match (chain_path.exists(), root_path.exists()) {
+            (true, true) => true,
+            (false, false) => false,
+            (true, false) => {
+                return Err(CaError::Incomplete {
+                    dir: state_dir.to_path_buf(),
+                    present: CERT_CHAIN_FILE,
+                    missing: ROOT_CERT_FILE,
+                });
+            }
+            (false, true) => {
+                return Err(CaError::Incomplete {
+                    dir: state_dir.to_path_buf(),
+                    present: ROOT_CERT_FILE,
+                    missing: CERT_CHAIN_FILE,
+                });
+            }
+        };
+
+        let chain: Vec<CertificateDer<'static>> = if plugged_in {
+            let root = read_certs(&root_path)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| invalid(&root_path, "no certificate"))?;
+            let mut chain: Vec<CertificateDer<'static>> = read_certs(&chain_path)?
+                .into_iter()
+                .filter(|c| *c != root)
+                .collect();
+            if chain.first() != Some(&signing) {
+                chain.insert(0, signing.clone());
+            }
+            chain.push(root);
+            // Each certificate must be signed by the next; the root by itself.
+            for pair in chain.windows(2) {
+                let child = parse(&chain_path, &pair[0])?;
+                let parent = parse(&chain_path, &pair[1])?;
+                child
+                    .verify_signature(Some(parent.public_key()))
+                    .map_err(|_| {
+                        invalid(
+                            &chain_path,
+                            format!("{} is not signed by {}", child.subject(), parent.subject()),
+                        )
+                    })?;
+            }
+            chain
+        } else {
+            signing_x509
+                .verify_signature(None)
+                .map_err(|_| {
+                    invalid(
+                        &cert_path,
+                        format!(
+                            "not self-signed; an intermediate needs {CERT_CHAIN_FILE} and {ROOT_CERT_FILE}"
+                        ),
+                    )
+                })?;
+            vec![signing.clone()]
+        };
+
+        let issuer = Issuer::from_ca_cert_der(&signing, key)
+            .map_err(|e| invalid(&cert_path, format!("cannot use as issuer: {e}")))?;
+        let chain_after_leaf: Vec<String> = chain.iter().map(|c| to_pem(c)).collect();
+        let root_pem = chain_after_leaf.last().cloned().unwrap_or_default();
+        tracing::info!(
+            dir = %state_dir.display(),
+            plugged_in,
+            chain_len = chain_after_leaf.len(),
+            "loaded CA"
+        );
+        Ok(CertificateAuthority {
+            issuer,
+            chain_after_leaf,
+            signing_not_after,
+            root_pem,
+            plugged_in,
+        })
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let bytes = files::read(path)?;
+    let mut reader = bytes.as_slice();
+    rustls_pemfile::certs(&mut reader)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(path, format!("bad PEM: {e}")))
+}
+
+fn parse<'a>(path: &Path, der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, CaError> {
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c)
+        .map_err(|e| invalid(path, format!("cannot parse certificate: {e}")))
+}
+
+fn is_ca(cert: &X509Certificate<'_>) -> bool {
+    matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
+}
+
+pub(crate) fn to_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+pub(crate) fn to_system_time(unix: i64) -> SystemTime {
+    if unix >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(unix.unsigned_abs())
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(unix.unsigned_abs())
+    }
+}
