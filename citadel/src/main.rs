@@ -58,6 +58,10 @@ async fn main() {
             max: args.max_ttl,
         },
     };
-    let result = citadel::run(config, mesh_runtime::shutdown_signal()).await;
+    let result = mesh_runtime::run_until_signal(mesh_runtime::DEFAULT_GRACE, |stop| {
+        citadel::run(config, stop)
+    })
+    .await
+    .unwrap_or(Ok(()));
     mesh_runtime::exit_on_error("citadel", result.map_err(anyhow::Error::from));
 }

@@ -54,6 +54,9 @@ async fn main() {
         monitoring_addr: args.monitoring_addr,
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
     };
-    let result = galley::run(cfg, mesh_runtime::shutdown_signal()).await;
+    let result =
+        mesh_runtime::run_until_signal(mesh_runtime::DEFAULT_GRACE, |stop| galley::run(cfg, stop))
+            .await
+            .unwrap_or(Ok(()));
     mesh_runtime::exit_on_error("galley", result.map_err(anyhow::Error::from));
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use mesh_runtime::{LogArgs, exit_on_error, init_logging, shutdown_signal};
+use mesh_runtime::{LogArgs, exit_on_error, init_logging};
 
 /// Mixer: policy checks and telemetry reports over istio.mixer.v1, configured by galley.
 #[derive(Debug, Parser)]
@@ -35,7 +35,11 @@ async fn main() {
         galley_addr: args.galley_addr,
         monitoring_addr: args.monitoring_addr,
     };
-    let result = mixer::run(config, shutdown_signal()).await;
+    let result = mesh_runtime::run_until_signal(mesh_runtime::DEFAULT_GRACE, |stop| {
+        mixer::run(config, stop)
+    })
+    .await
+    .unwrap_or(Ok(()));
     // The library's errors already name their causes: one line, without repeating them.
     exit_on_error("mixer", result.map_err(|e| anyhow::anyhow!("{e}")));
 }

@@ -16,5 +16,5 @@ pub mod startup;
 pub use args::{LogArgs, LogFormat};
 pub use monitoring::{Metrics, monitoring_router, serve_monitoring};
 pub use readiness::Readiness;
-pub use shutdown::shutdown_signal;
+pub use shutdown::{DEFAULT_GRACE, ShutdownFuture, run_until, run_until_signal, shutdown_signal};
 pub use startup::{StartError, bind_tcp, exit_on_error, init_logging};

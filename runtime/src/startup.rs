@@ -9,12 +9,13 @@ use crate::args::{LogArgs, LogFormat};
 /// Why a service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen for {what} on {addr}: {source}")]
+    #[error("cannot listen for {what} on {addr}: {error}")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
-        /// Kept in the message, not as `source()`, so the one-line exit reason names it once.
-        source: std::io::Error,
+        /// Kept in the message, not as `source()` (thiserror treats a field named `source` as
+        /// one), so the one-line exit reason names it once.
+        error: std::io::Error,
     },
 }
 
@@ -22,7 +23,7 @@ pub enum StartError {
 pub async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { what, addr, source })
+        .map_err(|error| StartError::Bind { what, addr, error })
 }
 
 /// Installs the tracing subscriber from the common flags.
