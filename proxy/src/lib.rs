@@ -1,1 +1,24 @@
-//! The mesh's sidecar and gateway proxy
+//! The mesh's sidecar and gateway proxy.
+//!
+//! - [`xds`]: ADS client to Pilot; decoding and applying CDS/EDS/LDS/RDS into an immutable
+//!   [`xds::Config`] snapshot that the request path reads without locks.
+//! - [`routing`]: pure route selection over the applied route tables.
+//! - [`cluster`]: clusters, endpoints, round-robin choice.
+//! - [`http`]: the HTTP/1.1 listeners (outbound, inbound mTLS, gateway) and upstream pool.
+//! - [`mixer`]: Check/Report client.
+//! - [`tls`]: where mTLS configuration comes from (the workload identity).
+//! - [`admin`]: the admin server and metrics.
+//! - [`run`](mod@run): start-up and shutdown.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod admin;
+pub mod cluster;
+pub mod http;
+pub mod mixer;
+pub mod routing;
+pub mod run;
+pub mod tls;
+pub mod xds;
+
+pub use run::{OUTBOUND_LISTENER, ProxyConfig, RunError, parse_gateway_port, run};

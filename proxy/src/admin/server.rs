@@ -1,0 +1,160 @@
+//! The admin HTTP server.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use mesh_runtime::{Metrics, Readiness};
+
+use crate::tls::IdentitySlot;
+use crate::xds::{NodeInfo, SharedConfig};
+
+#[derive(Clone)]
+struct AdminState {
+    readiness: Readiness,
+    metrics: Metrics,
+    config: SharedConfig,
+    node: NodeInfo,
+    identity: IdentitySlot,
+}
+
+/// `/healthz`, `/readyz`, `/metrics` (shared monitoring routes) plus `/ready`,
+/// `/stats/prometheus` and `/config_dump`.
+pub fn admin_router(
+    readiness: Readiness,
+    metrics: Metrics,
+    config: SharedConfig,
+    node: NodeInfo,
+    identity: IdentitySlot,
+) -> Router {
+    let own = Router::new()
+        .route("/ready", get(ready))
+        .route("/stats/prometheus", get(prometheus))
+        .route("/config_dump", get(config_dump))
+        .with_state(AdminState {
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            config,
+            node,
+            identity,
+        });
+    mesh_runtime::monitoring_router(readiness, metrics).merge(own)
+}
+
+async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.readiness.is_ready() {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", s.readiness.unmet().join(", ")),
+        )
+    }
+}
+
+async fn prometheus(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+async fn config_dump(State(s): State<AdminState>) -> impl IntoResponse {
+    let config = s.config.load();
+    let identity = s.identity.get().map(|i| i.spiffe_id());
+    axum::Json(serde_json::json!({
+        "node": {
+            "id": s.node.node_id(),
+            "type": s.node.proxy_type,
+            "namespace": s.node.namespace,
+            "service_account": s.node.service_account,
+            "labels": s.node.labels,
+        },
+        "identity": { "held": identity.is_some(), "spiffe_id": identity },
+        "versions": config.versions,
+        "listeners": config.listeners,
+        "routes": config.routes,
+        "clusters": config.clusters,
+        "endpoints": config.endpoints,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::{ProxyType, XdsState, testdata::*};
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use mesh_proto::type_url;
+    use tower::ServiceExt;
+
+    async fn get(app: &Router, path: &str) -> (StatusCode, String) {
+        let resp = app
+            .clone()
+            .oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn ready_stats_and_config_dump() {
+        let readiness = Readiness::new(&["xds", "identity"]);
+        let metrics = Metrics::default();
+        let pm = crate::admin::ProxyMetrics::register(&metrics);
+        pm.xds("lds", "ack");
+        let mut st = XdsState::default();
+        let (_, cfg) = st
+            .apply(
+                type_url::LISTENER,
+                "7",
+                &[listener_any("virtualOutbound", "http_proxy")],
+            )
+            .unwrap();
+        let config = SharedConfig::new(cfg);
+        let node = NodeInfo {
+            proxy_type: ProxyType::Sidecar,
+            ip: "127.0.0.1".into(),
+            pod: "p".into(),
+            namespace: "default".into(),
+            service_account: "sa".into(),
+            labels: Default::default(),
+        };
+        let app = admin_router(
+            readiness.clone(),
+            metrics,
+            config,
+            node,
+            IdentitySlot::default(),
+        );
+        let (s, body) = get(&app, "/ready").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("identity, xds"), "{body}");
+        readiness.set("xds", true);
+        readiness.set("identity", true);
+        assert_eq!(get(&app, "/ready").await.0, StatusCode::OK);
+        assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
+        let (_, stats) = get(&app, "/stats/prometheus").await;
+        assert!(
+            stats.contains(r#"proxy_xds_updates_total{type="lds",result="ack"} 1"#),
+            "{stats}"
+        );
+        let (_, metrics) = get(&app, "/metrics").await;
+        assert_eq!(metrics, stats);
+        let (_, dump) = get(&app, "/config_dump").await;
+        let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+        assert_eq!(v["versions"]["listeners"], "7");
+        assert_eq!(
+            v["listeners"]["virtualOutbound"]["route_config_name"],
+            "http_proxy"
+        );
+        assert_eq!(v["node"]["type"], "sidecar");
+    }
+}

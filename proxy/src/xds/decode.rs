@@ -1,0 +1,382 @@
+//! Envoy xDS resources → the proxy's model. Every error names the resource and the field.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mesh_proto::envoy::envoy::config::cluster::v3::Cluster as EnvoyCluster;
+use mesh_proto::envoy::envoy::config::core::v3::{address, socket_address, transport_socket};
+use mesh_proto::envoy::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use mesh_proto::envoy::envoy::config::listener::v3::{Listener as EnvoyListener, filter};
+use mesh_proto::envoy::envoy::config::route::v3::{
+    HeaderMatcher, RouteConfiguration, header_matcher::HeaderMatchSpecifier, route::Action,
+    route_action, route_match::PathSpecifier,
+};
+use mesh_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+};
+use mesh_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
+    UpstreamTlsContext, common_tls_context::ValidationContextType,
+};
+use mesh_proto::envoy::envoy::r#type::matcher::v3::{RegexMatcher, string_matcher::MatchPattern};
+use mesh_proto::envoy::google::protobuf::Any;
+use mesh_proto::type_url;
+use prost::Message;
+
+use crate::cluster::{Cluster, UpstreamTls};
+use crate::routing::{
+    HeaderMatch, HeaderMatchKind, PathMatch, Route, RouteAction, RouteTable, VirtualHost,
+};
+
+use super::snapshot::Listener;
+
+/// Why a resource cannot be applied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("resource has type {found}, expected {expected}")]
+    WrongType { expected: String, found: String },
+    #[error("{resource}: cannot decode: {reason}")]
+    Protobuf { resource: String, reason: String },
+    #[error("{resource}: {field}: {reason}")]
+    Invalid {
+        resource: String,
+        field: String,
+        reason: String,
+    },
+}
+
+fn invalid(resource: &str, field: impl Into<String>, reason: impl Into<String>) -> DecodeError {
+    DecodeError::Invalid {
+        resource: resource.to_string(),
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn unpack<M: Message + Default>(any: &Any, expected: &str, what: &str) -> Result<M, DecodeError> {
+    if any.type_url != expected {
+        return Err(DecodeError::WrongType {
+            expected: expected.to_string(),
+            found: any.type_url.clone(),
+        });
+    }
+    M::decode(any.value.as_slice()).map_err(|e| DecodeError::Protobuf {
+        resource: what.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A `Listener`: its name, address and the RDS route name of its HTTP connection manager.
+pub fn listener(any: &Any) -> Result<Listener, DecodeError> {
+    let l: EnvoyListener = unpack(any, type_url::LISTENER, "listener")?;
+    let res = format!("listener {}", l.name);
+    if l.name.is_empty() {
+        return Err(invalid(&res, "name", "empty"));
+    }
+    let address = match l.address.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(address::Address::SocketAddress(sa)) => Some(socket_addr(&res, "address", sa)?),
+        _ => None,
+    };
+    let mut route_config_name = None;
+    let chains = l.filter_chains.iter().chain(l.default_filter_chain.iter());
+    for (ci, chain) in chains.enumerate() {
+        for (fi, f) in chain.filters.iter().enumerate() {
+            let Some(filter::ConfigType::TypedConfig(tc)) = &f.config_type else {
+                continue;
+            };
+            if tc.type_url != type_url::HTTP_CONNECTION_MANAGER {
+                continue;
+            }
+            let field = format!("filter_chains[{ci}].filters[{fi}]");
+            let hcm: HttpConnectionManager = unpack(
+                tc,
+                type_url::HTTP_CONNECTION_MANAGER,
+                &format!("{res} {field}"),
+            )?;
+            match hcm.route_specifier {
+                Some(RouteSpecifier::Rds(rds)) if !rds.route_config_name.is_empty() => {
+                    route_config_name.get_or_insert(rds.route_config_name);
+                }
+                _ => {
+                    return Err(invalid(
+                        &res,
+                        field,
+                        "http connection manager without rds.route_config_name",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Listener {
+        name: l.name,
+        address,
+        route_config_name,
+    })
+}
+
+fn socket_addr(
+    res: &str,
+    field: &str,
+    sa: &mesh_proto::envoy::envoy::config::core::v3::SocketAddress,
+) -> Result<SocketAddr, DecodeError> {
+    let port = match sa.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(p)) => {
+            u16::try_from(p).map_err(|_| invalid(res, field, format!("port {p} out of range")))?
+        }
+        _ => return Err(invalid(res, field, "no port_value")),
+    };
+    let ip = sa
+        .address
+        .parse::<std::net::IpAddr>()
+        .map_err(|_| invalid(res, field, format!("address {:?} is not an IP", sa.address)))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// A `RouteConfiguration` as a route table.
+pub fn route_table(any: &Any) -> Result<RouteTable, DecodeError> {
+    let rc: RouteConfiguration = unpack(any, type_url::ROUTE, "route configuration")?;
+    let res = format!("route configuration {}", rc.name);
+    if rc.name.is_empty() {
+        return Err(invalid(&res, "name", "empty"));
+    }
+    let mut hosts = Vec::with_capacity(rc.virtual_hosts.len());
+    for (vi, vh) in rc.virtual_hosts.into_iter().enumerate() {
+        let mut routes = Vec::with_capacity(vh.routes.len());
+        for (ri, r) in vh.routes.into_iter().enumerate() {
+            let field = format!("virtual_hosts[{vi}].routes[{ri}]");
+            routes.push(decode_route(&res, &field, r)?);
+        }
+        hosts.push(VirtualHost {
+            name: vh.name,
+            domains: vh.domains,
+            routes,
+        });
+    }
+    Ok(RouteTable::new(rc.name, hosts))
+}
+
+fn decode_route(
+    res: &str,
+    field: &str,
+    r: mesh_proto::envoy::envoy::config::route::v3::Route,
+) -> Result<Route, DecodeError> {
+    let m = r
+        .r#match
+        .ok_or_else(|| invalid(res, format!("{field}.match"), "missing"))?;
+    let path = match m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(p),
+        Some(PathSpecifier::Path(p)) => PathMatch::Exact(p),
+        Some(PathSpecifier::SafeRegex(re)) => {
+            PathMatch::Regex(regex(res, &format!("{field}.match.safe_regex"), &re)?)
+        }
+        None => PathMatch::Prefix("/".into()),
+        Some(_) => {
+            return Err(invalid(
+                res,
+                format!("{field}.match"),
+                "unsupported path specifier",
+            ));
+        }
+    };
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for (hi, h) in m.headers.into_iter().enumerate() {
+        headers.push(header(res, &format!("{field}.match.headers[{hi}]"), h)?);
+    }
+    let action = match r.action {
+        Some(Action::Route(ra)) => match ra.cluster_specifier {
+            Some(route_action::ClusterSpecifier::Cluster(c)) => RouteAction::Cluster(c),
+            Some(route_action::ClusterSpecifier::WeightedClusters(wc)) => {
+                let clusters: Vec<(String, u32)> = wc
+                    .clusters
+                    .into_iter()
+                    .map(|c| (c.name, c.weight.map_or(0, |w| w.value)))
+                    .collect();
+                let total = clusters
+                    .iter()
+                    .try_fold(0u32, |acc, (_, w)| acc.checked_add(*w))
+                    .ok_or_else(|| {
+                        invalid(
+                            res,
+                            format!("{field}.route.weighted_clusters"),
+                            "weights overflow",
+                        )
+                    })?;
+                if total == 0 {
+                    return Err(invalid(
+                        res,
+                        format!("{field}.route.weighted_clusters"),
+                        "total weight is 0",
+                    ));
+                }
+                RouteAction::Weighted { clusters, total }
+            }
+            _ => {
+                return Err(invalid(
+                    res,
+                    format!("{field}.route"),
+                    "no cluster or weighted_clusters",
+                ));
+            }
+        },
+        _ => return Err(invalid(res, field, "only route actions are supported")),
+    };
+    Ok(Route {
+        name: r.name,
+        path,
+        headers,
+        action,
+    })
+}
+
+fn regex(res: &str, field: &str, re: &RegexMatcher) -> Result<regex::Regex, DecodeError> {
+    // Envoy's safe_regex is an RE2 full match.
+    regex::Regex::new(&format!("^(?:{})$", re.regex))
+        .map_err(|e| invalid(res, field, format!("bad regex {:?}: {e}", re.regex)))
+}
+
+#[allow(deprecated)]
+fn header(res: &str, field: &str, h: HeaderMatcher) -> Result<HeaderMatch, DecodeError> {
+    let kind = match h.header_match_specifier {
+        Some(HeaderMatchSpecifier::ExactMatch(v)) => HeaderMatchKind::Exact(v),
+        Some(HeaderMatchSpecifier::PrefixMatch(v)) => HeaderMatchKind::Prefix(v),
+        Some(HeaderMatchSpecifier::SuffixMatch(v)) => HeaderMatchKind::Suffix(v),
+        Some(HeaderMatchSpecifier::ContainsMatch(v)) => HeaderMatchKind::Contains(v),
+        Some(HeaderMatchSpecifier::SafeRegexMatch(re)) => {
+            HeaderMatchKind::Regex(regex(res, field, &re)?)
+        }
+        Some(HeaderMatchSpecifier::PresentMatch(p)) => HeaderMatchKind::Present(p),
+        Some(HeaderMatchSpecifier::StringMatch(sm)) => match sm.match_pattern {
+            Some(MatchPattern::Exact(v)) => HeaderMatchKind::Exact(v),
+            Some(MatchPattern::Prefix(v)) => HeaderMatchKind::Prefix(v),
+            Some(MatchPattern::Suffix(v)) => HeaderMatchKind::Suffix(v),
+            Some(MatchPattern::Contains(v)) => HeaderMatchKind::Contains(v),
+            Some(MatchPattern::SafeRegex(re)) => HeaderMatchKind::Regex(regex(res, field, &re)?),
+            _ => return Err(invalid(res, field, "unsupported string_match")),
+        },
+        None => HeaderMatchKind::Present(true),
+        Some(HeaderMatchSpecifier::RangeMatch(_)) => {
+            return Err(invalid(res, field, "range_match is not supported"));
+        }
+    };
+    if h.name.is_empty() || http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+        return Err(invalid(
+            res,
+            format!("{field}.name"),
+            format!("bad header name {:?}", h.name),
+        ));
+    }
+    Ok(HeaderMatch {
+        name: h.name.to_ascii_lowercase(),
+        kind,
+        invert: h.invert_match,
+    })
+}
+
+/// A `Cluster`: EDS name, connect timeout and upstream TLS.
+pub fn cluster(any: &Any) -> Result<Cluster, DecodeError> {
+    let c: EnvoyCluster = unpack(any, type_url::CLUSTER, "cluster")?;
+    let res = format!("cluster {}", c.name);
+    if c.name.is_empty() {
+        return Err(invalid(&res, "name", "empty"));
+    }
+    let eds_name = c
+        .eds_cluster_config
+        .as_ref()
+        .map(|e| e.service_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| c.name.clone());
+    let connect_timeout = c
+        .connect_timeout
+        .as_ref()
+        .map_or(Duration::from_secs(10), |d| {
+            Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+        });
+    let tls = match &c.transport_socket {
+        None => None,
+        Some(ts) => match &ts.config_type {
+            Some(transport_socket::ConfigType::TypedConfig(tc))
+                if tc.type_url == type_url::UPSTREAM_TLS_CONTEXT =>
+            {
+                let ctx: UpstreamTlsContext = unpack(
+                    tc,
+                    type_url::UPSTREAM_TLS_CONTEXT,
+                    &format!("{res} transport_socket"),
+                )?;
+                Some(upstream_tls(&res, ctx)?)
+            }
+            _ => {
+                return Err(invalid(
+                    &res,
+                    "transport_socket",
+                    format!("unsupported transport socket {:?}", ts.name),
+                ));
+            }
+        },
+    };
+    Ok(Cluster {
+        name: c.name,
+        eds_name,
+        connect_timeout,
+        tls,
+    })
+}
+
+fn upstream_tls(res: &str, ctx: UpstreamTlsContext) -> Result<UpstreamTls, DecodeError> {
+    let validation = ctx
+        .common_tls_context
+        .and_then(|c| c.validation_context_type);
+    let sans = match validation {
+        Some(ValidationContextType::CombinedValidationContext(c)) => c
+            .default_validation_context
+            .map(|v| v.match_typed_subject_alt_names)
+            .unwrap_or_default(),
+        Some(ValidationContextType::ValidationContext(v)) => v.match_typed_subject_alt_names,
+        _ => Vec::new(),
+    };
+    let expected_sans: Vec<String> = sans
+        .into_iter()
+        .filter_map(|m| match m.matcher?.match_pattern? {
+            MatchPattern::Exact(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    if expected_sans.is_empty() {
+        return Err(invalid(
+            res,
+            "transport_socket.common_tls_context.combined_validation_context",
+            "no exact match_typed_subject_alt_names",
+        ));
+    }
+    Ok(UpstreamTls {
+        expected_sans,
+        sni: ctx.sni,
+    })
+}
+
+/// A `ClusterLoadAssignment`: its name and the addresses of its non-unhealthy endpoints.
+pub fn load_assignment(any: &Any) -> Result<(String, Vec<SocketAddr>), DecodeError> {
+    let cla: ClusterLoadAssignment = unpack(any, type_url::ENDPOINT, "cluster load assignment")?;
+    let res = format!("cluster load assignment {}", cla.cluster_name);
+    if cla.cluster_name.is_empty() {
+        return Err(invalid(&res, "cluster_name", "empty"));
+    }
+    let mut addrs = Vec::new();
+    for (li, loc) in cla.endpoints.iter().enumerate() {
+        for (ei, lb) in loc.lb_endpoints.iter().enumerate() {
+            // UNHEALTHY = 2, DRAINING = 3, TIMEOUT = 4
+            if matches!(lb.health_status, 2..=4) {
+                continue;
+            }
+            let field = format!("endpoints[{li}].lb_endpoints[{ei}]");
+            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
+                return Err(invalid(&res, field, "no endpoint"));
+            };
+            match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
+                Some(address::Address::SocketAddress(sa)) => {
+                    addrs.push(socket_addr(&res, &field, sa)?)
+                }
+                _ => return Err(invalid(&res, field, "no socket address")),
+            }
+        }
+    }
+    Ok((cla.cluster_name, addrs))
+}
