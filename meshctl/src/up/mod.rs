@@ -14,12 +14,14 @@
 //! - [`tokens`]: service-account tokens for the proxies.
 //! - [`supervisor`]: child processes, their logs, and stopping them.
 //! - [`ready`]: waiting for readiness.
+//! - [`siblings`]: under `cargo run`, building the other binaries first.
 
 pub mod demo_config;
 pub mod lock;
 pub mod plan;
 pub mod ports;
 pub mod ready;
+pub mod siblings;
 pub mod supervisor;
 pub mod tokens;
 
@@ -33,6 +35,7 @@ use self::lock::{LockError, StateLock};
 use self::plan::{Dirs, Layout};
 use self::ports::PortPool;
 use self::ready::ReadyError;
+use self::siblings::{BuildError, SiblingBuild};
 use self::supervisor::{SuperviseError, Supervisor};
 use self::tokens::TokenError;
 use crate::state::{MESH_JSON, StateError};
@@ -78,6 +81,8 @@ pub enum UpError {
     },
     #[error("cannot find the {name} binary at {} (build every binary first: `cargo build --workspace --bins`, or set MESH_BIN_DIR)", path.display())]
     MissingBinary { name: String, path: PathBuf },
+    #[error(transparent)]
+    Build(#[from] BuildError),
     #[error("cannot pick free ports: {0}")]
     Ports(String),
     #[error("cannot encode the demo config: {0}")]
@@ -135,10 +140,16 @@ pub async fn run(args: UpArgs, state_dir: PathBuf) -> Result<(), UpError> {
 
     let bin = match args.bin_dir {
         Some(b) => b,
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(".")),
+        None => {
+            let exe_dir = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("."));
+            if let Some(build) = SiblingBuild::detect(|k| std::env::var_os(k), &exe_dir) {
+                tokio::task::block_in_place(|| build.run())?;
+            }
+            exe_dir
+        }
     };
     let dirs = Dirs {
         config: args.config.unwrap_or_else(|| state_dir.join("config")),
