@@ -46,7 +46,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let args: Args = mesh_runtime::parse_args("citadel");
     mesh_runtime::init_logging(&args.log);
     let config = citadel::Config {
         grpc_addr: args.grpc_addr,

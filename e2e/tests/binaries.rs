@@ -1,4 +1,5 @@
-//! Every binary documents its flags, and a service whose port is taken exits 1 with one line.
+//! Every binary documents its flags, a bad flag is refused in one line, and a service whose port
+//! is taken exits 1 with one line.
 //! Needs the workspace binaries built: `cargo build --workspace --bins`.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
@@ -28,6 +29,33 @@ fn every_binary_has_help() {
         assert!(out.status.success(), "{name} --help: {out:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("Usage:"), "{name} --help:\n{text}");
+    }
+}
+
+/// The services (meshctl is a CLI with subcommands and keeps clap's usage text).
+const SERVICES: &[&str] = &[
+    "galley",
+    "pilot",
+    "citadel",
+    "mixer",
+    "mesh-proxy",
+    "bookinfo",
+];
+
+#[test]
+fn a_bad_flag_fails_with_one_line() {
+    for name in SERVICES {
+        let out = Command::new(bin(name))
+            .arg("--no-such-flag")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.trim_end(),
+            format!("{name}: unexpected argument '--no-such-flag' found (see --help)"),
+            "{name}"
+        );
     }
 }
 

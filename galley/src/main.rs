@@ -44,7 +44,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let args: Args = mesh_runtime::parse_args("galley");
     mesh_runtime::init_logging(&args.log);
     let cfg = galley::Config {
         config_dir: args.config_dir,

@@ -28,7 +28,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let args: Args = mesh_runtime::parse_args("mixer");
     init_logging(&args.log);
     let config = mixer::Config {
         grpc_addr: args.grpc_addr,

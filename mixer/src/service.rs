@@ -7,7 +7,7 @@ use mesh_runtime::{Metrics, Readiness, StartError, bind_tcp, serve_monitoring};
 use tokio::sync::watch;
 
 use crate::config::sink::READY_CONDITION;
-use crate::config::{PolicyHandle, Sink, run_sink};
+use crate::config::{PolicyHandle, new_sink};
 use crate::metrics::MixerMetrics;
 use crate::server::{MixerService, serve_grpc};
 
@@ -74,8 +74,13 @@ pub async fn run(
         registry,
         stopped(),
     ));
-    let sink = Sink::new(policy.clone(), metrics.clone(), readiness);
-    let sink_task = tokio::spawn(run_sink(config.galley_addr.clone(), sink, stopped()));
+    let sink = new_sink(
+        config.galley_addr.clone(),
+        policy.clone(),
+        metrics.clone(),
+        readiness,
+    );
+    let sink_task = tokio::spawn(sink.run(stopped()));
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);

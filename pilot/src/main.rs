@@ -1,11 +1,10 @@
 //! The `pilot` binary: flags, logging, run, exit.
 
-use clap::Parser;
 use pilot::Args;
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let args: Args = mesh_runtime::parse_args("pilot");
     mesh_runtime::init_logging(&args.log);
     // Each error message already carries its cause: print it once, not once per source.
     let result =

@@ -6,7 +6,8 @@
 //! - [`envoy`]: Envoy xDS v3 types and ADS stubs (re-exported from `envoy-types`).
 //! - [`config`]: the typed configuration model (serde structs for each kind) and the MCP
 //!   collection names.
-//! - [`mcp`]: how a config object travels inside an MCP `Resource`.
+//! - [`mcp`]: how a config object travels inside an MCP `Resource`, and the MCP sink
+//!   ([`mcp::sink`]) Pilot and Mixer use to take their config from Galley.
 //! - [`discovery`]: the stream engine shared by Galley (MCP) and Pilot (xDS): versions, nonces,
 //!   and the ACK/NACK rules.
 //! - [`dictionary`]: Mixer's global word list, whose order is part of the wire format.

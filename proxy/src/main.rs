@@ -112,7 +112,7 @@ fn parse_labels_flag(s: &str) -> Result<std::collections::BTreeMap<String, Strin
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let args: Args = mesh_runtime::parse_args("mesh-proxy");
     mesh_runtime::init_logging(&args.log);
     let cfg = mesh_proxy::ProxyConfig {
         node: NodeInfo {

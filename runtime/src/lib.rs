@@ -1,6 +1,7 @@
 //! The runtime every mesh service binary shares.
 //!
-//! - [`args`]: logging flags common to every service, parsed with clap.
+//! - [`args`]: logging flags common to every service, parsed with clap; [`args_error`]: bad
+//!   flags reported in one line.
 //! - [`monitoring`]: the monitoring HTTP server: `/healthz`, `/readyz`, Prometheus `/metrics`.
 //! - [`readiness`]: a set of named conditions; the service is ready when all hold.
 //! - [`shutdown`]: a future that resolves on SIGTERM or Ctrl-C.
@@ -8,12 +9,14 @@
 //!   errors that stop a service from starting.
 
 pub mod args;
+pub mod args_error;
 pub mod monitoring;
 pub mod readiness;
 pub mod shutdown;
 pub mod startup;
 
 pub use args::{LogArgs, LogFormat};
+pub use args_error::parse_args;
 pub use monitoring::{Metrics, monitoring_router, serve_monitoring};
 pub use readiness::Readiness;
 pub use shutdown::{DEFAULT_GRACE, ShutdownFuture, run_until, run_until_signal, shutdown_signal};

@@ -33,7 +33,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let args: Args = mesh_runtime::parse_args("bookinfo");
     mesh_runtime::init_logging(&args.log);
     let config = DemoConfig {
         service: args.service,

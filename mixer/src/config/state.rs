@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 
 use mesh_proto::config::{ConfigObject, HandlerSpec, InstanceSpec, Kind, Pod, RuleSpec};
-use mesh_proto::istio::mcp::v1alpha1::Resources;
-use mesh_proto::mcp::{DecodeError, from_resource};
+use mesh_proto::mcp::sink::Update;
 
 /// What Mixer knows of a pod (Kubernetes workload attributes).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -17,13 +16,11 @@ pub struct PodInfo {
     pub ip: Option<String>,
 }
 
-/// Why an MCP response could not be applied (the sink NACKs it).
+/// Why a decoded MCP update could not be applied (the sink NACKs it).
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("collection {0:?} is not one Mixer subscribes to")]
     UnknownCollection(String),
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
     #[error("{kind} {key}: {message}")]
     Spec {
         kind: &'static str,
@@ -84,32 +81,28 @@ fn typed(kind: Kind, obj: ConfigObject) -> Result<Typed, ApplyError> {
 }
 
 impl ConfigState {
-    /// Applies one MCP response. Either every resource is decoded and the collection updated
-    /// (full state replaces, incremental adds and removes), or nothing changes.
-    pub fn apply(&mut self, resp: &Resources) -> Result<(), ApplyError> {
-        let kind = Kind::from_collection(&resp.collection)
-            .filter(|k| {
-                matches!(
-                    k,
-                    Kind::Rule
-                        | Kind::Handler
-                        | Kind::Instance
-                        | Kind::AttributeManifest
-                        | Kind::Pod
-                )
-            })
-            .ok_or_else(|| ApplyError::UnknownCollection(resp.collection.clone()))?;
-        let mut decoded = Vec::with_capacity(resp.resources.len());
-        for r in &resp.resources {
-            let obj = from_resource(&resp.collection, r)?;
+    /// Applies one decoded MCP update. Either every object has a valid spec and the collection
+    /// is updated (full state replaces, incremental adds and removes), or nothing changes.
+    pub fn apply(&mut self, update: Update) -> Result<(), ApplyError> {
+        let kind = update.kind;
+        if !matches!(
+            kind,
+            Kind::Rule | Kind::Handler | Kind::Instance | Kind::AttributeManifest | Kind::Pod
+        ) {
+            return Err(ApplyError::UnknownCollection(
+                kind.info().collection.to_string(),
+            ));
+        }
+        let mut decoded = Vec::with_capacity(update.objects.len());
+        for obj in update.objects {
             decoded.push((obj.key(), typed(kind, obj)?));
         }
-        let full = !resp.incremental;
+        let full = !update.incremental;
         match kind {
             Kind::Rule => replace(
                 &mut self.rules,
                 full,
-                &resp.removed_resources,
+                &update.removed,
                 decoded,
                 |t| match t {
                     Typed::Rule(r) => Some(r),
@@ -119,27 +112,29 @@ impl ConfigState {
             Kind::Handler => replace(
                 &mut self.handlers,
                 full,
-                &resp.removed_resources,
+                &update.removed,
                 decoded,
                 |t| match t {
                     Typed::Handler(h) => Some(h),
                     _ => None,
                 },
             ),
-            Kind::Instance => replace(
-                &mut self.instances,
-                full,
-                &resp.removed_resources,
-                decoded,
-                |t| match t {
-                    Typed::Instance(i) => Some(i),
-                    _ => None,
-                },
-            ),
+            Kind::Instance => {
+                replace(
+                    &mut self.instances,
+                    full,
+                    &update.removed,
+                    decoded,
+                    |t| match t {
+                        Typed::Instance(i) => Some(i),
+                        _ => None,
+                    },
+                )
+            }
             Kind::AttributeManifest => replace(
                 &mut self.manifests,
                 full,
-                &resp.removed_resources,
+                &update.removed,
                 decoded,
                 |t| match t {
                     Typed::Manifest(m) => Some(m),
@@ -149,7 +144,7 @@ impl ConfigState {
             _ => replace(
                 &mut self.pods,
                 full,
-                &resp.removed_resources,
+                &update.removed,
                 decoded,
                 |t| match t {
                     Typed::Pod(p) => Some(p),

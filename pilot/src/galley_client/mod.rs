@@ -1,9 +1,12 @@
-//! Galley client (MCP sink): the config snapshot and the stream that keeps it current.
+//! Galley client (MCP sink): the config snapshot and the stream that keeps it current. The
+//! stream itself is [`mesh_proto::mcp::sink`]; this module turns its updates into [`Snapshot`]s.
 
 mod sink;
 mod snapshot;
 
-pub use sink::{Applied, COLLECTIONS, GalleyClient, READY_CONDITION, SinkError, next_snapshot};
+pub use sink::{
+    COLLECTIONS, GalleyClient, READY_CONDITION, SinkError, SnapshotHandler, next_snapshot,
+};
 pub use snapshot::{Collection, Snapshot};
 
 #[cfg(test)]

@@ -1,21 +1,20 @@
-//! The MCP sink: one `EstablishResourceStream` to Galley, one `RequestResources` per collection,
-//! every full collection state decoded, ACKed (or NACKed) and published as a new [`Snapshot`].
+//! Pilot's side of the MCP sink ([`mesh_proto::mcp::sink`]): every collection state Galley sends
+//! becomes a new [`Snapshot`]; connects, ACKs and NACKs are counted; readiness is set once every
+//! collection has answered.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mesh_proto::config::{ConfigObject, Kind};
-use mesh_proto::google::rpc::Status;
-use mesh_proto::istio::mcp::v1alpha1::resource_source_client::ResourceSourceClient;
-use mesh_proto::istio::mcp::v1alpha1::{RequestResources, Resources, SinkNode};
-use mesh_proto::mcp::from_resource;
+use mesh_proto::istio::mcp::v1alpha1::{RequestResources, Resources};
+use mesh_proto::mcp::sink::{Event, Handler, Sink, Update};
 use mesh_runtime::Readiness;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 
 use super::snapshot::{Collection, Snapshot};
 use crate::metrics::{CollectionLabel, PilotMetrics};
+
+pub use mesh_proto::mcp::sink::SinkError;
 
 /// The readiness condition this client sets once every collection has had a first response.
 pub const READY_CONDITION: &str = "galley-synced";
@@ -30,47 +29,52 @@ pub const COLLECTIONS: [Kind; 6] = [
     Kind::Gateway,
 ];
 
-const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// Why one MCP stream ended.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("invalid galley address {addr:?}: {source}")]
-    Address {
-        addr: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
-    #[error("cannot connect to galley: {0}")]
-    Connect(#[source] tonic::transport::Error),
-    #[error("galley stream failed: {0}")]
-    Stream(#[from] tonic::Status),
-    #[error("galley closed the stream")]
-    Closed,
-    #[error("request channel closed")]
-    RequestChannel,
-}
-
-/// Subscribes to Galley and keeps the snapshot watch current.
+/// Publishes each update as a new snapshot and records the sink's events in Pilot's metrics
+/// and readiness.
 #[derive(Debug, Clone)]
-pub struct GalleyClient {
-    addr: String,
-    sink_id: String,
+pub struct SnapshotHandler {
     snapshot: watch::Sender<Arc<Snapshot>>,
     readiness: Readiness,
     metrics: PilotMetrics,
 }
 
-/// What applying one `Resources` message did.
-#[derive(Debug, PartialEq)]
-pub enum Applied {
-    /// The state was applied; ACK it.
-    Ack,
-    /// A resource could not be decoded; NACK with this message and keep the old state.
-    Nack(String),
-    /// The collection is not one this sink asked for.
-    Unknown,
+impl Handler for SnapshotHandler {
+    fn apply(&mut self, update: Update) -> Result<(), String> {
+        let current = self.snapshot.borrow().clone();
+        self.snapshot
+            .send_replace(Arc::new(next_snapshot(&current, update)));
+        Ok(())
+    }
+
+    fn on_event(&mut self, event: &Event<'_>) {
+        let label = |collection: &str| CollectionLabel {
+            collection: collection.to_string(),
+        };
+        match event {
+            Event::Connected => {
+                self.metrics.galley_connects.inc();
+            }
+            Event::Acked { collection, .. } => {
+                self.metrics
+                    .galley_updates
+                    .get_or_create(&label(collection))
+                    .inc();
+            }
+            Event::Nacked { collection, .. } => {
+                self.metrics
+                    .galley_nacks
+                    .get_or_create(&label(collection))
+                    .inc();
+            }
+            Event::Synced => self.readiness.set(READY_CONDITION, true),
+        }
+    }
+}
+
+/// Subscribes to Galley and keeps the snapshot watch current.
+#[derive(Debug)]
+pub struct GalleyClient {
+    sink: Sink<SnapshotHandler>,
 }
 
 impl GalleyClient {
@@ -81,140 +85,38 @@ impl GalleyClient {
         readiness: Readiness,
         metrics: PilotMetrics,
     ) -> GalleyClient {
-        GalleyClient {
-            addr,
-            sink_id: format!("pilot-{}", std::process::id()),
+        let handler = SnapshotHandler {
             snapshot,
             readiness,
             metrics,
+        };
+        GalleyClient {
+            sink: Sink::new(
+                addr,
+                format!("pilot-{}", std::process::id()),
+                COLLECTIONS,
+                handler,
+            ),
         }
+    }
+
+    /// Applies one response from Galley and returns the ACK or NACK to send back.
+    pub fn on_response(&mut self, msg: &Resources) -> RequestResources {
+        self.sink.on_response(msg)
     }
 
     /// Runs until `shutdown` resolves: connects, streams, and reconnects with backoff when Galley
     /// goes away (the last snapshot keeps being served meanwhile).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let mut backoff = INITIAL_BACKOFF;
-        loop {
-            let mut got_data = false;
-            let result = tokio::select! {
-                _ = &mut shutdown => return,
-                r = self.stream_once(&mut got_data) => r,
-            };
-            if got_data {
-                backoff = INITIAL_BACKOFF;
-            }
-            match result {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::warn!(galley = %self.addr, error = %e, retry_in_ms = backoff.as_millis() as u64, "galley stream ended")
-                }
-            }
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-    }
-
-    async fn stream_once(&self, got_data: &mut bool) -> Result<(), SinkError> {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(self.addr.clone()).map_err(|source| {
-                SinkError::Address {
-                    addr: self.addr.clone(),
-                    source,
-                }
-            })?;
-        let channel = endpoint.connect().await.map_err(SinkError::Connect)?;
-        let mut client = ResourceSourceClient::new(channel);
-        let (tx, rx) = mpsc::channel::<RequestResources>(COLLECTIONS.len() * 2 + 4);
-        for kind in COLLECTIONS {
-            tx.send(self.request(kind.info().collection, String::new(), None))
-                .await
-                .map_err(|_| SinkError::RequestChannel)?;
-        }
-        let mut inbound = client
-            .establish_resource_stream(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        self.metrics.galley_connects.inc();
-        tracing::info!(galley = %self.addr, collections = COLLECTIONS.len(), "subscribed to galley");
-        let mut synced: BTreeSet<Kind> = BTreeSet::new();
-        while let Some(msg) = inbound.message().await? {
-            *got_data = true;
-            let label = CollectionLabel {
-                collection: msg.collection.clone(),
-            };
-            let reply = match self.apply(&msg) {
-                Applied::Ack => {
-                    self.metrics.galley_updates.get_or_create(&label).inc();
-                    if let Some(kind) = Kind::from_collection(&msg.collection) {
-                        synced.insert(kind);
-                    }
-                    if COLLECTIONS.iter().all(|k| synced.contains(k)) {
-                        self.readiness.set(READY_CONDITION, true);
-                    }
-                    self.request(&msg.collection, msg.nonce.clone(), None)
-                }
-                Applied::Nack(err) => {
-                    self.metrics.galley_nacks.get_or_create(&label).inc();
-                    tracing::warn!(collection = %msg.collection, version = %msg.system_version_info, error = %err, "rejecting collection state");
-                    self.request(&msg.collection, msg.nonce.clone(), Some(err))
-                }
-                Applied::Unknown => {
-                    tracing::warn!(collection = %msg.collection, "galley sent a collection pilot did not ask for; ignored");
-                    continue;
-                }
-            };
-            tx.send(reply)
-                .await
-                .map_err(|_| SinkError::RequestChannel)?;
-        }
-        Err(SinkError::Closed)
-    }
-
-    fn request(&self, collection: &str, nonce: String, error: Option<String>) -> RequestResources {
-        RequestResources {
-            sink_node: Some(SinkNode {
-                id: self.sink_id.clone(),
-                annotations: Default::default(),
-            }),
-            collection: collection.to_string(),
-            initial_resource_versions: Default::default(),
-            response_nonce: nonce,
-            error_detail: error.map(|message| Status {
-                code: tonic::Code::InvalidArgument as i32,
-                message,
-                details: Vec::new(),
-            }),
-            incremental: false,
-        }
-    }
-
-    /// Decodes `msg` and, when every resource decodes, publishes the new snapshot.
-    pub fn apply(&self, msg: &Resources) -> Applied {
-        let current = self.snapshot.borrow().clone();
-        match next_snapshot(&current, msg) {
-            Ok(Some(next)) => {
-                tracing::info!(collection = %msg.collection, version = %msg.system_version_info, resources = msg.resources.len(), incremental = msg.incremental, "collection updated");
-                self.snapshot.send_replace(Arc::new(next));
-                Applied::Ack
-            }
-            Ok(None) => Applied::Unknown,
-            Err(e) => Applied::Nack(e),
-        }
+        self.sink.run(shutdown).await
     }
 }
 
-/// The snapshot after applying `msg` to `current`: `Ok(None)` for a collection Pilot does not
-/// subscribe to, `Err` naming the first resource that cannot be decoded.
-pub fn next_snapshot(current: &Snapshot, msg: &Resources) -> Result<Option<Snapshot>, String> {
-    let Some(kind) = Kind::from_collection(&msg.collection).filter(|k| COLLECTIONS.contains(k))
-    else {
-        return Ok(None);
-    };
-    let mut objects: BTreeMap<String, ConfigObject> = if msg.incremental {
+/// The snapshot after applying `update` to `current`: a full state replaces the collection, an
+/// incremental one adds and removes. Namespaced objects sent without a namespace go to `default`.
+pub fn next_snapshot(current: &Snapshot, update: Update) -> Snapshot {
+    let kind = update.kind;
+    let mut objects: BTreeMap<String, ConfigObject> = if update.incremental {
         current
             .collections
             .get(&kind)
@@ -223,23 +125,22 @@ pub fn next_snapshot(current: &Snapshot, msg: &Resources) -> Result<Option<Snaps
     } else {
         BTreeMap::new()
     };
-    for removed in &msg.removed_resources {
+    for removed in &update.removed {
         objects.remove(removed);
     }
-    for res in &msg.resources {
-        let mut obj = from_resource(&msg.collection, res).map_err(|e| e.to_string())?;
+    for mut obj in update.objects {
         if obj.metadata.namespace.is_empty() && kind.info().namespaced {
             obj.metadata.namespace = "default".to_string();
         }
         objects.insert(obj.key(), obj);
     }
-    Ok(Some(current.with_collection(
+    current.with_collection(
         kind,
         Collection {
-            version: msg.system_version_info.clone(),
+            version: update.version,
             objects,
         },
-    )))
+    )
 }
 
 #[cfg(test)]
@@ -270,22 +171,19 @@ mod tests {
         }
     }
 
+    fn update(collection: &str, res: Vec<Resource>) -> Update {
+        Update::decode(&resources(collection, res)).unwrap()
+    }
+
     #[test]
     fn full_state_replaces_collection() {
         let snap = Snapshot::default();
         let next = next_snapshot(
             &snap,
-            &resources("k8s/core/v1/services", vec![service("a"), service("b")]),
-        )
-        .unwrap()
-        .unwrap();
+            update("k8s/core/v1/services", vec![service("a"), service("b")]),
+        );
         assert_eq!(next.objects(Kind::Service).count(), 2);
-        let again = next_snapshot(
-            &next,
-            &resources("k8s/core/v1/services", vec![service("b")]),
-        )
-        .unwrap()
-        .unwrap();
+        let again = next_snapshot(&next, update("k8s/core/v1/services", vec![service("b")]));
         let names: Vec<_> = again
             .objects(Kind::Service)
             .map(|o| o.metadata.name.clone())
@@ -295,55 +193,61 @@ mod tests {
     }
 
     #[test]
-    fn bad_resource_is_an_error_and_unknown_collection_ignored() {
-        let mut bad = service("a");
-        bad.body = Some(prost_types::Any {
-            type_url: "type.googleapis.com/google.protobuf.Struct".into(),
-            value: vec![0xff, 0xff, 0xff],
-        });
-        let err = next_snapshot(
+    fn incremental_adds_removes_and_defaults_namespace() {
+        let snap = next_snapshot(
             &Snapshot::default(),
-            &resources("k8s/core/v1/services", vec![bad]),
-        )
-        .unwrap_err();
-        assert!(err.contains("default/a"), "{err}");
-        assert_eq!(
-            next_snapshot(
-                &Snapshot::default(),
-                &resources("istio/policy/v1beta1/rules", vec![])
-            )
-            .unwrap(),
-            None
+            update("k8s/core/v1/services", vec![service("a"), service("b")]),
         );
+        let mut unqualified = service("c");
+        unqualified.metadata.as_mut().unwrap().name = "c".into();
+        let mut inc = update("k8s/core/v1/services", vec![unqualified]);
+        inc.incremental = true;
+        inc.removed = vec!["default/a".into()];
+        let next = next_snapshot(&snap, inc);
+        let keys: Vec<_> = next.collections[&Kind::Service]
+            .objects
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(keys, ["default/b", "default/c"]);
     }
 
     #[test]
-    fn apply_publishes_and_nacks() {
+    fn on_response_publishes_counts_and_nacks() {
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-        let client = GalleyClient::new(
+        let metrics = PilotMetrics::default();
+        let readiness = Readiness::new(&[READY_CONDITION]);
+        let mut client = GalleyClient::new(
             "http://127.0.0.1:1".into(),
             tx,
-            Readiness::new(&[READY_CONDITION]),
-            PilotMetrics::default(),
+            readiness.clone(),
+            metrics.clone(),
         );
-        assert_eq!(
-            client.apply(&resources("k8s/core/v1/services", vec![service("a")])),
-            Applied::Ack
-        );
+        let services = CollectionLabel {
+            collection: "k8s/core/v1/services".into(),
+        };
+        let ack = client.on_response(&resources("k8s/core/v1/services", vec![service("a")]));
+        assert!(ack.error_detail.is_none());
+        assert_eq!(ack.response_nonce, "n1");
         assert_eq!(rx.borrow().objects(Kind::Service).count(), 1);
+        assert_eq!(metrics.galley_updates.get_or_create(&services).get(), 1);
         let mut bad = service("z");
         bad.body = Some(prost_types::Any {
             type_url: "nope".into(),
             value: vec![],
         });
-        assert!(matches!(
-            client.apply(&resources("k8s/core/v1/services", vec![bad])),
-            Applied::Nack(_)
-        ));
+        let nack = client.on_response(&resources("k8s/core/v1/services", vec![bad]));
+        assert!(nack.error_detail.is_some());
         assert_eq!(
             rx.borrow().objects(Kind::Service).count(),
             1,
             "old state kept"
         );
+        assert_eq!(metrics.galley_nacks.get_or_create(&services).get(), 1);
+        assert!(!readiness.is_ready());
+        for kind in COLLECTIONS {
+            client.on_response(&resources(kind.info().collection, vec![]));
+        }
+        assert!(readiness.is_ready());
     }
 }

@@ -5,6 +5,10 @@
 //! `type.googleapis.com/google.protobuf.Struct`) holding the object's body: every top-level field
 //! but `apiVersion`, `kind` and `metadata` (so `{spec: ..}` for Istio kinds, `{subsets: ..}` for
 //! Endpoints, `{spec, status}` for Pods). The kind is the collection's.
+//!
+//! [`sink`] is the client side of the stream (the MCP sink shared by Pilot and Mixer).
+
+pub mod sink;
 
 use prost::Message;
 use prost_types::Any;
