@@ -209,7 +209,7 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(
             dir.join("vs.yaml"),
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec: {hosts: [reviews]}\n",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec: {hosts: [reviews], tcp: [{route: [{destination: {host: reviews}}]}]}\n",
         )
         .unwrap();
         let cfg = config(Some(dir), tmp.path().join("store"));

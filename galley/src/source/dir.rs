@@ -256,8 +256,8 @@ pub enum SyncError {
 mod tests {
     use super::*;
 
-    const VS_A: &str = "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a]}\n";
-    const VS_B: &str = "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: b}\nspec: {hosts: [b]}\n";
+    const VS_A: &str = "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a], tcp: [{route: [{destination: {host: a}}]}]}\n";
+    const VS_B: &str = "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: b}\nspec: {hosts: [b], tcp: [{route: [{destination: {host: b}}]}]}\n";
 
     fn keys(store: &Store) -> Vec<String> {
         store

@@ -33,17 +33,46 @@ fn yaml_options() -> serde_saphyr::Options {
 
 /// Parses one document's YAML text; `first_line` is where the text starts in its file.
 fn parse_yaml(file: &str, first_line: usize, text: &str) -> Result<Value, ParseError> {
-    serde_saphyr::from_str_with_options::<Value>(text, yaml_options()).map_err(|e| {
-        let line = e
-            .location()
-            .map(|l| first_line + usize::try_from(l.line()).unwrap_or(1).max(1) - 1)
-            .unwrap_or(first_line);
-        ParseError {
-            file: file.to_string(),
-            line,
-            message: e.without_snippet().to_string(),
+    let mut value =
+        serde_saphyr::from_str_with_options::<Value>(text, yaml_options()).map_err(|e| {
+            let line = e
+                .location()
+                .map(|l| first_line + usize::try_from(l.line()).unwrap_or(1).max(1) - 1)
+                .unwrap_or(first_line);
+            ParseError {
+                file: file.to_string(),
+                line,
+                message: e.without_snippet().to_string(),
+            }
+        })?;
+    unsplit_colon_scalars(&mut value);
+    Ok(value)
+}
+
+/// Go's YAML reader (and so Istio) reads a flow-sequence item like `001:db8::` (an IPv6 address
+/// ending in `::`) as a string; a strict YAML 1.2 reader sees a one-entry mapping
+/// `{"001:db8:": null}`. Such items are turned back into the string.
+fn unsplit_colon_scalars(value: &mut Value) {
+    match value {
+        Value::Array(items) => {
+            for item in items {
+                let joined = match item.as_object() {
+                    Some(m) if m.len() == 1 => m
+                        .iter()
+                        .next()
+                        .filter(|(k, v)| v.is_null() && k.ends_with(':') && !k.contains(' '))
+                        .map(|(k, _)| format!("{k}:")),
+                    _ => None,
+                };
+                match joined {
+                    Some(s) => *item = Value::String(s),
+                    None => unsplit_colon_scalars(item),
+                }
+            }
         }
-    })
+        Value::Object(map) => map.values_mut().for_each(unsplit_colon_scalars),
+        _ => {}
+    }
 }
 
 /// Parses a JSON text: one object, an array of objects, or both as a Kubernetes `List`
@@ -145,6 +174,10 @@ mod tests {
         assert_eq!(v["f"], json!(12));
         assert_eq!(v["g"], json!("1:20"));
         assert_eq!(v["h"], json!(1.5));
+        let docs = parse_text("f.yaml", "addresses: [1.2.3.4, 001:db8::]\nm: [{a: 1}]\n");
+        let v = &docs[0].as_ref().unwrap().value;
+        assert_eq!(v["addresses"], json!(["1.2.3.4", "001:db8::"]));
+        assert_eq!(v["m"], json!([{"a": 1}]));
     }
 
     #[test]

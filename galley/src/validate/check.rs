@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::{ErrorContext, ValidationError};
-use super::names::{dns1123_label_problem, dns1123_subdomain_problem};
+use super::names::{dns1123_label_problem, dns1123_subdomain_problem, path_segment_problem};
 use super::rules::check_body;
+use super::schema::check_schema;
+use super::semantic::check_semantic;
 use crate::source::{Document, parse_text};
 
 /// A document that passed validation, normalized (namespace filled in).
@@ -117,7 +119,14 @@ pub fn check_document(doc: &Document) -> Checked {
     };
     normalize_namespace(kind, &mut obj);
     cx.namespace = obj.metadata.namespace.clone();
-    match dns1123_subdomain_problem(&obj.metadata.name) {
+    // Kubernetes objects need DNS-1123 names; Istio resources are also read from files where
+    // Istio accepts any path-segment name (e.g. `BACKEND`).
+    let name_problem = if kind.info().group.ends_with("istio.io") {
+        path_segment_problem(&obj.metadata.name)
+    } else {
+        dns1123_subdomain_problem(&obj.metadata.name)
+    };
+    match name_problem {
         Some(_) if obj.metadata.name.is_empty() => {
             errs.push(cx.error("metadata.name", "metadata.name is required"));
         }
@@ -129,7 +138,27 @@ pub fn check_document(doc: &Document) -> Checked {
     {
         errs.push(cx.error("metadata.namespace", p));
     }
-    errs.extend(check_body(kind, &obj, &cx));
+    let structural = check_schema(api_version, kind_name, &obj.body, &cx);
+    // The typed model and the semantic rules may trip over the same fields: keep the
+    // structural error for them.
+    let nested = |inner: &str, outer: &str| {
+        inner == outer
+            || outer.is_empty()
+            || inner.starts_with(&format!("{outer}."))
+            || inner.starts_with(&format!("{outer}["))
+    };
+    let covered = |field: &str| {
+        structural
+            .iter()
+            .any(|s| nested(field, &s.field) || nested(&s.field, field))
+    };
+    let body_errs: Vec<ValidationError> = check_body(kind, &obj, &cx)
+        .into_iter()
+        .chain(check_semantic(kind, &obj, &cx))
+        .filter(|e| !covered(&e.field))
+        .collect();
+    errs.extend(structural);
+    errs.extend(body_errs);
     if errs.is_empty() {
         Checked::Valid(ValidObject {
             kind,

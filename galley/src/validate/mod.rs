@@ -4,13 +4,18 @@
 mod check;
 mod error;
 mod names;
+mod outcome;
 mod rules;
+mod schema;
+mod semantic;
 
 pub use check::{
     Checked, Report, Skipped, ValidObject, check_document, check_text, normalize_namespace,
 };
 pub use error::ValidationError;
-pub use names::{dns1123_label_problem, dns1123_subdomain_problem};
+pub use names::{dns1123_label_problem, dns1123_subdomain_problem, path_segment_problem};
+pub use outcome::{DocumentOutcome, check_documents};
+pub use schema::has_schema;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -25,6 +25,32 @@ pub fn dns1123_label_problem(name: &str) -> Option<String> {
     label_problem(name, 63).map(|p| format!("{name:?} is not a valid DNS-1123 label: {p}"))
 }
 
+/// Why `name` cannot name an object in a URL path (empty, `.`, `..`, or holding `/`, `%` or
+/// whitespace/control characters, or longer than 253 characters), or `None`.
+pub fn path_segment_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if name.len() > 253 {
+        return Some(format!(
+            "must be at most 253 characters (has {})",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Some(format!("{name:?} is not a valid name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| matches!(c, '/' | '%') || c.is_whitespace() || c.is_control())
+    {
+        return Some(format!(
+            "{name:?} is not a valid name: character {c:?} is not allowed"
+        ));
+    }
+    None
+}
+
 fn label_problem(label: &str, max: usize) -> Option<String> {
     if label.is_empty() {
         return Some("empty label".into());
@@ -61,6 +87,16 @@ mod tests {
         assert!(dns1123_subdomain_problem("a_b").is_some());
         assert!(dns1123_subdomain_problem("").is_some());
         assert!(dns1123_subdomain_problem(&"a".repeat(254)).is_some());
+    }
+
+    #[test]
+    fn path_segments() {
+        assert!(path_segment_problem("BACKEND").is_none());
+        assert!(path_segment_problem("a.b-C_d").is_none());
+        assert!(path_segment_problem("a/b").is_some());
+        assert!(path_segment_problem("..").is_some());
+        assert!(path_segment_problem("a b").is_some());
+        assert!(path_segment_problem("").is_some());
     }
 
     #[test]

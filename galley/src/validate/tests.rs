@@ -62,7 +62,7 @@ fn virtual_service_errors_carry_field_paths_and_lines() {
 
 #[test]
 fn envelope_and_names() {
-    let text = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata:\n  name: Bad_Name\nspec:\n  host: ''\n  subsets:\n  - name: v1\n  - name: v1\n---\nkind: Service\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\n- just a list\n";
+    let text = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata:\n  name: Bad/Name\nspec:\n  host: ''\n  subsets:\n  - name: v1\n  - name: v1\n---\nkind: Service\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\n- just a list\n";
     let r = check_text("f.yaml", text);
     assert_eq!(
         fields(&r),
@@ -111,9 +111,20 @@ metadata: {name: prod, namespace: ignored}
 "#;
     let r = check_text("f.yaml", text);
     let f = fields(&r);
-    assert_eq!(f[0], (1, "spec.servers[2]".to_string()), "{f:?}");
-    assert_eq!(f[1], (11, "spec.ports[1].port".to_string()), "{f:?}");
-    assert_eq!(f.len(), 2, "typed errors stop the semantic rules: {f:?}");
+    let expected: Vec<(usize, String)> = [
+        (1, "spec.servers[0].hosts"),
+        (1, "spec.servers[1].port.protocol"),
+        (1, "spec.servers[1].port.name"),
+        (1, "spec.servers[2].port"),
+        (11, "spec.ports[1].port"),
+    ]
+    .into_iter()
+    .map(|(l, f)| (l, f.to_string()))
+    .collect();
+    assert_eq!(
+        f, expected,
+        "structural errors replace the typed error of the same field"
+    );
     assert_eq!(r.objects.len(), 2);
     assert_eq!(r.objects[0].kind, Kind::Service);
     assert_eq!(r.objects[0].object.metadata.namespace, "default");
@@ -121,7 +132,7 @@ metadata: {name: prod, namespace: ignored}
     assert_eq!(r.objects[1].kind, Kind::Namespace);
     assert_eq!(r.objects[1].object.metadata.namespace, "");
 
-    let gw = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  servers:\n  - port: {number: 80}\n  - port: {number: 0}\n    hosts: ['*']\n";
+    let gw = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n  - port: {number: 0, name: http, protocol: HTTP}\n    hosts: ['*']\n";
     let r = check_text("g.yaml", gw);
     assert_eq!(
         fields(&r),
