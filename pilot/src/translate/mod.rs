@@ -28,7 +28,7 @@ pub use names::{
     HTTP_PROXY_ROUTE, VIRTUAL_OUTBOUND, cluster_name, gateway_listener, gateway_route, sni, spiffe,
 };
 pub use proxy_info::{ProxyInfo, ProxyInfoError, ProxyType};
-pub use resources::{TypeResources, XdsType, pack};
+pub use resources::{EncodedResource, TypeResources, XdsType, pack};
 
 use crate::model::{Registry, VirtualServiceEntry};
 

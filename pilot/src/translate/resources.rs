@@ -53,13 +53,22 @@ impl XdsType {
     }
 }
 
+/// One encoded resource and its own version (for Delta xDS).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncodedResource {
+    pub name: String,
+    /// Hex hash of the name and the encoding: changes exactly when the resource does.
+    pub version: String,
+    pub resource: Any,
+}
+
 /// One type's resources, encoded, and their version.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TypeResources {
     /// Hex hash of every resource's name and encoding, in order.
     pub version: String,
-    /// `(name, packed resource)` sorted by name.
-    pub resources: Vec<(String, Any)>,
+    /// Every resource, in the order given (sorted by name).
+    pub resources: Vec<EncodedResource>,
 }
 
 impl TypeResources {
@@ -74,7 +83,14 @@ impl TypeResources {
             let any = pack(type_url, &msg);
             hash.write_len_prefixed(name.as_bytes());
             hash.write_len_prefixed(&any.value);
-            resources.push((name, any));
+            let mut own = Fnv64::default();
+            own.write_len_prefixed(name.as_bytes());
+            own.write_len_prefixed(&any.value);
+            resources.push(EncodedResource {
+                name,
+                version: format!("{:016x}", own.0),
+                resource: any,
+            });
         }
         TypeResources {
             version: format!("{:016x}", hash.0),
@@ -86,9 +102,14 @@ impl TypeResources {
     pub fn select(&self, names: &[String]) -> Vec<Any> {
         self.resources
             .iter()
-            .filter(|(n, _)| names.is_empty() || names.iter().any(|w| w == n))
-            .map(|(_, a)| a.clone())
+            .filter(|r| names.is_empty() || names.contains(&r.name))
+            .map(|r| r.resource.clone())
             .collect()
+    }
+
+    /// The resource called `name`.
+    pub fn get(&self, name: &str) -> Option<&EncodedResource> {
+        self.resources.iter().find(|r| r.name == name)
     }
 }
 
@@ -155,7 +176,12 @@ mod tests {
         assert_ne!(a.version, b.version);
         assert_eq!(a.select(&[]).len(), 2);
         assert_eq!(a.select(&["b".to_string(), "zz".to_string()]).len(), 1);
-        assert_eq!(a.resources[0].1.type_url, type_url::CLUSTER);
+        assert_eq!(a.resources[0].resource.type_url, type_url::CLUSTER);
+        // Per-resource versions: equal for equal content, distinct per resource.
+        let c = TypeResources::encode(type_url::CLUSTER, [cluster("a"), cluster("c")]);
+        assert_eq!(a.get("a").unwrap().version, c.get("a").unwrap().version);
+        assert_ne!(a.get("a").unwrap().version, a.get("b").unwrap().version);
+        assert!(c.get("b").is_none());
         assert_eq!(
             XdsType::from_type_url(type_url::ROUTE),
             Some(XdsType::Route)

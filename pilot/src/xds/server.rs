@@ -1,6 +1,5 @@
-//! The ADS service: `StreamAggregatedResources` (SotW); Delta answers Unimplemented.
+//! The ADS service: `StreamAggregatedResources` (SotW) and `DeltaAggregatedResources` (Delta).
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,6 +13,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::delta::Delta;
+use super::sotw::Sotw;
 use super::status::SyncStatus;
 use super::stream;
 use crate::metrics::PilotMetrics;
@@ -76,9 +77,6 @@ impl AdsServer {
     }
 }
 
-type DeltaStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsServer {
     type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -88,18 +86,26 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(stream::serve(self.shared.clone(), request.into_inner(), tx));
+        tokio::spawn(stream::serve::<Sotw>(
+            self.shared.clone(),
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    type DeltaAggregatedResourcesStream = DeltaStream;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "delta xDS is not served yet; use StreamAggregatedResources",
-        ))
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(stream::serve::<Delta>(
+            self.shared.clone(),
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

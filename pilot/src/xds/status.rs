@@ -24,6 +24,9 @@ pub struct TypeStatus {
 pub struct Nack {
     pub version: String,
     pub error: String,
+    /// Delta only: the rejected resources, as `name@version`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
 }
 
 /// One connected proxy.
@@ -31,6 +34,8 @@ pub struct Nack {
 pub struct ProxyStatus {
     pub proxy_id: String,
     pub stream: u64,
+    /// `sotw` or `delta`.
+    pub protocol: &'static str,
     pub proxy: ProxyInfo,
     /// By type short name (`cds`, `eds`, `lds`, `rds`).
     pub types: BTreeMap<&'static str, TypeStatus>,
@@ -43,13 +48,14 @@ pub struct SyncStatus {
 }
 
 impl SyncStatus {
-    /// Records a new stream for `proxy`.
-    pub fn connect(&self, stream: u64, proxy: ProxyInfo) {
+    /// Records a new stream for `proxy`, speaking `protocol` (`sotw` or `delta`).
+    pub fn connect(&self, stream: u64, proxy: ProxyInfo, protocol: &'static str) {
         self.inner.lock().insert(
             stream,
             ProxyStatus {
                 proxy_id: proxy.id.clone(),
                 stream,
+                protocol,
                 proxy,
                 types: BTreeMap::new(),
             },
@@ -63,20 +69,26 @@ impl SyncStatus {
 
     /// Copies `state` of `t` into the table; `pushed` counts a response just sent.
     pub fn update(&self, stream: u64, t: XdsType, state: &TypeState, pushed: bool) {
-        let mut inner = self.inner.lock();
-        let Some(p) = inner.get_mut(&stream) else {
-            return;
-        };
-        let ts = p.types.entry(t.short()).or_default();
-        ts.sent_version = state.sent.as_ref().map(|(v, _)| v.clone());
-        ts.acked_version = state.acked_version.clone();
-        ts.last_nack = state.nacked.as_ref().map(|(v, e)| Nack {
-            version: v.clone(),
-            error: e.clone(),
+        self.record(stream, t, |ts| {
+            ts.sent_version = state.sent.as_ref().map(|(v, _)| v.clone());
+            ts.acked_version = state.acked_version.clone();
+            ts.last_nack = state.nacked.as_ref().map(|(v, e)| Nack {
+                version: v.clone(),
+                error: e.clone(),
+                resources: Vec::new(),
+            });
+            ts.nacks = state.nack_count;
+            if pushed {
+                ts.pushes += 1;
+            }
         });
-        ts.nacks = state.nack_count;
-        if pushed {
-            ts.pushes += 1;
+    }
+
+    /// Applies `f` to the status of `t` on `stream` (nothing when the stream is gone).
+    pub fn record(&self, stream: u64, t: XdsType, f: impl FnOnce(&mut TypeStatus)) {
+        let mut inner = self.inner.lock();
+        if let Some(p) = inner.get_mut(&stream) {
+            f(p.types.entry(t.short()).or_default());
         }
     }
 

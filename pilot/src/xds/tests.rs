@@ -21,8 +21,8 @@ use crate::metrics::PilotMetrics;
 use crate::model::RegistryCache;
 use crate::translate::Options;
 
-const REVIEWS: &str = "reviews.default.svc.cluster.local";
-const WAIT: Duration = Duration::from_secs(10);
+pub(super) const REVIEWS: &str = "reviews.default.svc.cluster.local";
+pub(super) const WAIT: Duration = Duration::from_secs(10);
 
 fn objects(extra_endpoint: bool, with_vs: bool) -> Vec<ConfigObject> {
     let mut addresses = vec![
@@ -52,17 +52,22 @@ fn objects(extra_endpoint: bool, with_vs: bool) -> Vec<ConfigObject> {
         .collect()
 }
 
-struct Harness {
-    snapshots: watch::Sender<Arc<Snapshot>>,
-    status: SyncStatus,
-    metrics: PilotMetrics,
-    addr: std::net::SocketAddr,
-    stop: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<()>,
+pub(super) struct Harness {
+    pub(super) snapshots: watch::Sender<Arc<Snapshot>>,
+    pub(super) status: SyncStatus,
+    pub(super) metrics: PilotMetrics,
+    pub(super) addr: std::net::SocketAddr,
+    pub(super) stop: watch::Sender<bool>,
+    pub(super) server: tokio::task::JoinHandle<()>,
 }
 
 async fn start() -> Harness {
-    let (snapshots, rx) = watch::channel(Arc::new(Snapshot::from_objects(objects(false, false))));
+    start_with(objects(false, false)).await
+}
+
+/// An ADS server on 127.0.0.1:0 serving a registry built from `objects`.
+pub(super) async fn start_with(objects: Vec<ConfigObject>) -> Harness {
+    let (snapshots, rx) = watch::channel(Arc::new(Snapshot::from_objects(objects)));
     let (stop, stop_rx) = watch::channel(false);
     let status = SyncStatus::default();
     let metrics = PilotMetrics::default();
