@@ -290,6 +290,59 @@ async fn bookinfo_through_the_mesh() {
         "{stats_line}"
     );
 
+    // Istio's standard metrics with the peer workloads from the metadata exchange: send
+    // traffic to reviews v2, then its sidecar (destination) and productpage's (source) report it.
+    let v2 = write(files.path(), "reviews-v2.yaml", &reviews_to("v2"));
+    ok_output(
+        "apply v2",
+        &mesh.meshctl(&["apply", "-f", v2.to_str().unwrap()]),
+    );
+    wait_for_reviews(&mesh, "v2", 3).await;
+    let service = "destination_service=\"reviews.default.svc.cluster.local\",destination_service_name=\"reviews\",destination_service_namespace=\"default\"";
+    let source = "source_workload=\"productpage-v1\",source_workload_namespace=\"default\",source_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-productpage\",source_app=\"productpage\",source_version=\"v1\"";
+    let destination = "destination_workload=\"reviews-v2\",destination_workload_namespace=\"default\",destination_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-reviews\"";
+    let tail = "destination_app=\"reviews\",destination_version=\"v2\",request_protocol=\"http\",response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\"";
+    for (pod, reporter, policy) in [
+        ("reviews-v2", "destination", "mutual_tls"),
+        ("productpage-v1", "source", "unknown"),
+    ] {
+        let labels = format!(
+            "{{reporter=\"{reporter}\",{source},{destination},{service},{tail},connection_security_policy=\"{policy}\"}}"
+        );
+        let admin = mesh.proxy(pod)["admin"].as_str().unwrap().to_string();
+        for metric in [
+            "istio_requests_total",
+            "istio_request_duration_milliseconds_count",
+            "istio_request_bytes_count",
+            "istio_response_bytes_count",
+        ] {
+            let want = format!("{metric}{labels} ");
+            poll(
+                &format!("{metric} ({reporter}) on {pod}'s sidecar"),
+                Duration::from_secs(30),
+                || {
+                    let url = format!("{admin}/stats/prometheus");
+                    let want = want.clone();
+                    async move {
+                        let text = http()
+                            .get(&url)
+                            .send()
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .text()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        text.lines()
+                            .find(|l| l.starts_with(&want))
+                            .map(str::to_string)
+                            .ok_or(format!("no line {want}in\n{text}"))
+                    }
+                },
+            )
+            .await;
+        }
+    }
+
     let out = mesh.meshctl(&["delete", "virtualservice", "reviews", "-n", "default"]);
     assert_eq!(
         ok_output("delete", &out).trim(),

@@ -28,6 +28,11 @@ struct Args {
     #[arg(long, env = "MESH_PROXY_POD")]
     pod: String,
 
+    /// The workload name in metrics (`source_workload`/`destination_workload`) and in the
+    /// node's `WORKLOAD_NAME`; the pod name when unset.
+    #[arg(long, env = "MESH_PROXY_WORKLOAD_NAME")]
+    workload_name: Option<String>,
+
     /// The workload's namespace.
     #[arg(long, env = "MESH_PROXY_NAMESPACE", default_value = "default")]
     namespace: String,
@@ -119,6 +124,7 @@ async fn main() {
             proxy_type: args.proxy_type,
             ip: args.ip,
             pod: args.pod,
+            workload_name: args.workload_name,
             namespace: args.namespace,
             service_account: args.service_account,
             labels: args.labels,

@@ -10,7 +10,7 @@ use mesh_runtime::{Metrics, Readiness, StartError, bind_tcp};
 use tokio::sync::watch;
 
 use crate::admin::{ProxyMetrics, admin_router};
-use crate::http::{ProxyContext, RoutedKind, Upstream, serve_inbound, serve_routed};
+use crate::http::{ProxyContext, RoutedKind, Upstream, Workload, serve_inbound, serve_routed};
 use crate::mixer::{MixerClient, MixerError};
 use crate::tls::IdentitySlot;
 use crate::xds::{NodeInfo, ProxyType, SharedConfig};
@@ -126,12 +126,7 @@ pub async fn run(cfg: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result
         Some(a) => Some(MixerClient::new(a, proxy_metrics.clone())?),
         None => None,
     };
-    let workload = cfg
-        .node
-        .labels
-        .get("app")
-        .cloned()
-        .unwrap_or_else(|| cfg.node.pod.clone());
+    let workload = Workload::of_node(&cfg.node);
     let ctx = Arc::new(ProxyContext {
         config: config.clone(),
         upstream: Upstream::new(Duration::from_secs(10)),

@@ -140,6 +140,7 @@ async fn ads_stream_applies_acks_nacks_and_survives_pilot_loss() {
         proxy_type: ProxyType::Sidecar,
         ip: "127.0.0.1".into(),
         pod: "productpage-v1".into(),
+        workload_name: None,
         namespace: "default".into(),
         service_account: "bookinfo-productpage".into(),
         labels: Default::default(),

@@ -122,7 +122,7 @@ async fn gateway(
         mixer: Some(MixerClient::new(mixer_addr, metrics.clone()).unwrap()),
         metrics,
         identity: IdentitySlot::default(),
-        workload: "istio-ingressgateway".into(),
+        workload: mesh_proxy::http::Workload::of_node(&node),
         node,
         app_addr: app,
     });

@@ -193,25 +193,52 @@ async fn sidecar_to_sidecar_mutual_tls() {
         .await;
     assert!(r.is_err(), "plaintext must not get an HTTP answer");
 
-    let text = |m: &mesh_proxy::admin::ProxyMetrics| {
-        let metrics = mesh_runtime::Metrics::default();
-        metrics.register(|r| r.register("istio_requests", "x", m.requests.clone()));
-        metrics.encode()
-    };
-    let b_text = text(&ctx_b.metrics);
+    // Metadata exchange: neither application sees the x-mesh-peer-* headers.
     assert!(
-        b_text.contains(&format!(
-            r#"istio_requests_total{{reporter="destination",source_principal="{A_ID}",destination_principal="{B_ID}",destination_service="reviews",destination_workload="reviews",response_code="200",connection_security_policy="mutual_tls"}} 1"#
-        )),
-        "{b_text}"
+        !headers.contains_key("echo-x-mesh-peer-workload"),
+        "{headers:?}"
     );
-    let a_text = text(&ctx_a.metrics);
-    assert!(
-        a_text.contains(&format!(
-            r#"reporter="source",source_principal="{A_ID}",destination_principal="{B_ID}""#
-        )),
-        "{a_text}"
+    assert!(!headers.contains_key("x-mesh-peer-workload"), "{headers:?}");
+    // An application cannot forge its peer metadata: the sidecar replaces it.
+    let (status, _, _) = send(
+        outbound_a,
+        "http://reviews/reviews/2",
+        &[("x-mesh-peer-workload", "forged")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let service = "destination_service=\"reviews.default.svc.cluster.local\",destination_service_name=\"reviews\",destination_service_namespace=\"default\"";
+    let b_labels = format!(
+        r#"{{reporter="destination",source_workload="productpage-v1",source_workload_namespace="default",source_principal="{A_ID}",source_app="productpage",source_version="unknown",destination_workload="reviews-v1",destination_workload_namespace="default",destination_principal="{B_ID}",{service},destination_app="reviews",destination_version="unknown",request_protocol="http",response_code="200",grpc_response_status="",response_flags="-",connection_security_policy="mutual_tls"}}"#
     );
+    let a_labels = format!(
+        r#"{{reporter="source",source_workload="productpage-v1",source_workload_namespace="default",source_principal="{A_ID}",source_app="productpage",source_version="unknown",destination_workload="reviews-v1",destination_workload_namespace="default",destination_principal="{B_ID}",{service},destination_app="reviews",destination_version="unknown",request_protocol="http",response_code="200",grpc_response_status="",response_flags="-",connection_security_policy="unknown"}}"#
+    );
+    // The app's body is `reviews-app /reviews/N`: 22 bytes.
+    let b_text = wait_for_metrics(
+        &ctx_b.metrics,
+        &[
+            &format!("istio_requests_total{b_labels} 2"),
+            &format!("istio_request_duration_milliseconds_count{b_labels} 2"),
+            &format!("istio_request_bytes_count{b_labels} 2"),
+            &format!("istio_response_bytes_count{b_labels} 2"),
+            &format!("istio_response_bytes_sum{b_labels} 44.0"),
+        ],
+    )
+    .await;
+    assert!(!b_text.contains("forged"), "{b_text}");
+    wait_for_metrics(
+        &ctx_a.metrics,
+        &[
+            &format!("istio_requests_total{a_labels} 2"),
+            &format!("istio_request_duration_milliseconds_count{a_labels} 2"),
+            &format!("istio_response_bytes_sum{a_labels} 44.0"),
+            // The refused handshake (wrong SAN) is an upstream connect failure.
+            r#"response_code="503",grpc_response_status="",response_flags="UF""#,
+        ],
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while ctx_b.metrics.tls_handshake_failures.get() < 2 {
         assert!(

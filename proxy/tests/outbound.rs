@@ -163,14 +163,18 @@ async fn proxies_routes_splits_and_reports_errors() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("connect"), "{body}");
 
-    let metrics = mesh_runtime::Metrics::default();
-    metrics.register(|r| r.register("istio_requests", "x", ctx.metrics.requests.clone()));
-    let text = metrics.encode();
-    assert!(
-        text.contains(r#"destination_service="reviews.default.svc.cluster.local",destination_workload="unknown",response_code="200""#),
-        "{text}"
-    );
-    assert!(text.contains(r#"response_code="503""#), "{text}");
+    // Plaintext upstreams: no peer metadata, so the destination workload is unknown.
+    wait_for_metrics(
+        &ctx.metrics,
+        &[
+            r#"destination_principal="unknown",destination_service="reviews.default.svc.cluster.local",destination_service_name="reviews",destination_service_namespace="default",destination_app="unknown",destination_version="unknown",request_protocol="http",response_code="200",grpc_response_status="",response_flags="-",connection_security_policy="unknown"}"#,
+            r#"response_code="404",grpc_response_status="",response_flags="NR""#,
+            r#"destination_service="empty.default.svc.cluster.local""#,
+            r#"response_code="503",grpc_response_status="",response_flags="UH""#,
+            r#"response_code="503",grpc_response_status="",response_flags="UF""#,
+        ],
+    )
+    .await;
 
     stop.send(true).unwrap();
     server.await.unwrap();

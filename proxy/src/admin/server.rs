@@ -109,6 +109,23 @@ mod tests {
         let metrics = Metrics::default();
         let pm = crate::admin::ProxyMetrics::register(&metrics);
         pm.xds("lds", "ack");
+        let w = crate::http::Workload::unknown();
+        let party = crate::http::Party {
+            workload: &w,
+            principal: "",
+        };
+        let labels = crate::http::request_labels(
+            crate::http::Reporter::Source,
+            &party,
+            &party,
+            &crate::http::Service::from_fqdn("reviews.default.svc.cluster.local"),
+            crate::http::Outcome {
+                response_code: 200,
+                response_flags: "-",
+                mtls: false,
+            },
+        );
+        pm.record_request(&labels, std::time::Duration::from_millis(3), 5, 2000);
         let mut st = XdsState::default();
         let (_, cfg) = st
             .apply(
@@ -122,6 +139,7 @@ mod tests {
             proxy_type: ProxyType::Sidecar,
             ip: "127.0.0.1".into(),
             pod: "p".into(),
+            workload_name: None,
             namespace: "default".into(),
             service_account: "sa".into(),
             labels: Default::default(),
@@ -146,6 +164,38 @@ mod tests {
             stats.contains(r#"proxy_xds_updates_total{type="lds",result="ack"} 1"#),
             "{stats}"
         );
+        for want in [
+            "# TYPE istio_requests counter",
+            "# TYPE istio_request_duration_milliseconds histogram",
+            "# TYPE istio_request_bytes histogram",
+            "# TYPE istio_response_bytes histogram",
+            r#"destination_service_name="reviews",destination_service_namespace="default""#,
+        ] {
+            assert!(stats.contains(want), "{want} in {stats}");
+        }
+        let bucket = |name: &str, le: &str| {
+            stats
+                .lines()
+                .find(|l| {
+                    l.starts_with(&format!("{name}_bucket{{"))
+                        && l.contains(&format!("le=\"{le}\""))
+                })
+                .unwrap_or_else(|| panic!("{name} le={le} in {stats}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        // 3 ms: not in the 1 ms bucket, in the 5 ms one; Istio's bucket bounds are there.
+        assert_eq!(bucket("istio_request_duration_milliseconds", "1.0"), "0");
+        assert_eq!(bucket("istio_request_duration_milliseconds", "5.0"), "1");
+        assert_eq!(
+            bucket("istio_request_duration_milliseconds", "3600000.0"),
+            "1"
+        );
+        assert_eq!(bucket("istio_response_bytes", "1000.0"), "0");
+        assert_eq!(bucket("istio_response_bytes", "10000.0"), "1");
+        assert_eq!(bucket("istio_request_bytes", "10000000.0"), "1");
         let (_, metrics) = get(&app, "/metrics").await;
         assert_eq!(metrics, stats);
         let (_, dump) = get(&app, "/config_dump").await;

@@ -7,6 +7,7 @@ use crate::mixer::MixerClient;
 use crate::tls::IdentitySlot;
 use crate::xds::{NodeInfo, SharedConfig};
 
+use super::telemetry::Workload;
 use super::upstream::Upstream;
 
 /// Shared state of the data path. Built once; handlers hold an `Arc` of it.
@@ -19,8 +20,8 @@ pub struct ProxyContext {
     pub node: NodeInfo,
     /// Where inbound traffic goes after mTLS termination.
     pub app_addr: SocketAddr,
-    /// `app` label, else the pod name: the workload in metrics.
-    pub workload: String,
+    /// This proxy's workload in metrics and in the metadata exchange.
+    pub workload: Workload,
 }
 
 impl ProxyContext {

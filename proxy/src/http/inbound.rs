@@ -7,14 +7,22 @@ use http::header::{HOST, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::admin::RequestLabels;
 use crate::mixer::{CheckOutcome, RequestAttributes, add_response};
 
 use super::context::ProxyContext;
 use super::headers::{XFCC, authority, ensure_request_id, strip_hop_by_hop};
+use super::metered::metered;
 use super::response::{Body, content_length, streamed, text};
+use super::telemetry::{
+    Outcome, Party, Reporter, Service, Workload, flags, request_labels, strip_peer_headers,
+};
+use super::upstream::UpstreamError;
 
 /// Handles one request from the authenticated peer `peer` (its SPIFFE id, empty if none).
+///
+/// The inbound listener only serves mutual TLS, so the peer's `x-mesh-peer-*` metadata is
+/// trusted; it is read, then stripped before the application sees the request. The response
+/// carries this workload's metadata back to the calling sidecar.
 pub async fn handle(ctx: &ProxyContext, peer: &str, mut req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let own = ctx.own_principal();
@@ -23,6 +31,38 @@ pub async fn handle(ctx: &ProxyContext, peer: &str, mut req: Request<Incoming>) 
         .rsplit_once(':')
         .map_or(authority.as_str(), |(h, _)| h)
         .to_string();
+    // Trusted: this listener only serves mutual TLS with sidecar certificates.
+    let source = Workload::from_peer_headers(req.headers(), peer);
+    strip_peer_headers(req.headers_mut());
+    let request_size = content_length(req.headers());
+    let service_labels = Service::from_host(&authority, &ctx.workload.namespace);
+    // Records the request when the response body ends; the response carries this workload's
+    // metadata back to the calling sidecar.
+    let finish = |flags: &'static str, mut resp: Response<Body>| {
+        ctx.workload.write_peer_headers(resp.headers_mut());
+        let labels = request_labels(
+            Reporter::Destination,
+            &Party {
+                workload: &source,
+                principal: peer,
+            },
+            &Party {
+                workload: &ctx.workload,
+                principal: &own,
+            },
+            &service_labels,
+            Outcome {
+                response_code: resp.status().as_u16(),
+                response_flags: flags,
+                mtls: true,
+            },
+        );
+        let metrics = ctx.metrics.clone();
+        let request_bytes = request_size.max(0) as u64;
+        metered(resp, move |response_bytes| {
+            metrics.record_request(&labels, started.elapsed(), request_bytes, response_bytes);
+        })
+    };
     let mut report_bag = None;
     if let Some(mixer) = &ctx.mixer {
         let uid = ctx.node.uid();
@@ -41,12 +81,13 @@ pub async fn handle(ctx: &ProxyContext, peer: &str, mut req: Request<Incoming>) 
         };
         let bag = attrs.to_bag();
         if let CheckOutcome::Deny { message, .. } = mixer.check(&bag).await {
-            count(ctx, peer, &own, &service, 403);
-            return text(StatusCode::FORBIDDEN, message);
+            return finish(
+                flags::UNAUTHORIZED_EXTERNAL,
+                text(StatusCode::FORBIDDEN, message),
+            );
         }
         report_bag = Some(bag);
     }
-    let request_size = content_length(req.headers());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     ensure_request_id(headers);
@@ -63,47 +104,31 @@ pub async fn handle(ctx: &ProxyContext, peer: &str, mut req: Request<Incoming>) 
         Ok(r) => r,
         Err(e) => {
             ctx.metrics.upstream_error("app");
-            count(ctx, peer, &own, &service, 503);
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("application at {}: {e}", ctx.app_addr),
+            let flag = match e {
+                UpstreamError::Connect(_) => flags::UPSTREAM_CONNECT_FAILURE,
+                UpstreamError::Request(_) => flags::UPSTREAM_CONNECTION_TERMINATION,
+            };
+            return finish(
+                flag,
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("application at {}: {e}", ctx.app_addr),
+                ),
             );
         }
     };
     strip_hop_by_hop(resp.headers_mut());
     let code = resp.status().as_u16();
-    count(ctx, peer, &own, &service, code);
+    let response_size = content_length(resp.headers());
     if let (Some(mixer), Some(mut bag)) = (&ctx.mixer, report_bag) {
         add_response(
             &mut bag,
             code,
             started.elapsed(),
             request_size,
-            content_length(resp.headers()),
+            response_size,
         );
         mixer.report(bag);
     }
-    streamed(resp)
-}
-
-fn count(ctx: &ProxyContext, source: &str, destination: &str, service: &str, code: u16) {
-    let or_unknown = |s: &str| {
-        if s.is_empty() {
-            "unknown".to_string()
-        } else {
-            s.to_string()
-        }
-    };
-    ctx.metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            reporter: "destination",
-            source_principal: or_unknown(source),
-            destination_principal: or_unknown(destination),
-            destination_service: or_unknown(service),
-            destination_workload: ctx.workload.clone(),
-            response_code: code,
-            connection_security_policy: "mutual_tls",
-        })
-        .inc();
+    finish(flags::NONE, streamed(resp))
 }

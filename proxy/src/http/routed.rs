@@ -8,13 +8,16 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use rand::Rng;
 
-use crate::admin::RequestLabels;
 use crate::mixer::{CheckOutcome, RequestAttributes, add_response};
 use crate::routing;
 
 use super::context::{ProxyContext, service_of_cluster};
 use super::headers::{authority, ensure_request_id, strip_hop_by_hop};
+use super::metered::metered;
 use super::response::{Body, content_length, streamed, text};
+use super::telemetry::{
+    Outcome, Party, Reporter, Service, Workload, flags, request_labels, strip_peer_headers,
+};
 use super::upstream::{PeerPrincipal, UpstreamError};
 
 /// Which kind of routed listener a request arrived on.
@@ -24,6 +27,56 @@ pub enum RoutedKind {
     SidecarOutbound,
     /// A router gateway listener (Check on each request).
     Gateway,
+}
+
+/// What the source side knows when it records a request.
+struct Record<'a> {
+    ctx: &'a ProxyContext,
+    started: Instant,
+    service: Service,
+    request_bytes: u64,
+}
+
+impl Record<'_> {
+    /// Records the request when `resp`'s body ends; `peer` is the destination workload and
+    /// principal (from the mTLS handshake and the metadata exchange), when known.
+    fn finish(
+        &self,
+        peer: Option<(&Workload, &str)>,
+        mtls: bool,
+        flags: &'static str,
+        resp: Response<Body>,
+    ) -> Response<Body> {
+        let own_principal = if mtls {
+            self.ctx.own_principal()
+        } else {
+            String::new()
+        };
+        let unknown = Workload::unknown();
+        let (dst_workload, dst_principal) = peer.unwrap_or((&unknown, ""));
+        let labels = request_labels(
+            Reporter::Source,
+            &Party {
+                workload: &self.ctx.workload,
+                principal: &own_principal,
+            },
+            &Party {
+                workload: dst_workload,
+                principal: dst_principal,
+            },
+            &self.service,
+            Outcome {
+                response_code: resp.status().as_u16(),
+                response_flags: flags,
+                mtls,
+            },
+        );
+        let metrics = self.ctx.metrics.clone();
+        let (started, request_bytes) = (self.started, self.request_bytes);
+        metered(resp, move |response_bytes| {
+            metrics.record_request(&labels, started.elapsed(), request_bytes, response_bytes);
+        })
+    }
 }
 
 /// Handles one request arriving on the listener Pilot named `listener`.
@@ -41,39 +94,63 @@ pub async fn handle(
             "request has no authority (Host header)",
         );
     };
+    let request_bytes = content_length(req.headers()).max(0) as u64;
+    let no_route = |msg: String| {
+        Record {
+            ctx,
+            started,
+            service: Service::from_host(&authority, &ctx.workload.namespace),
+            request_bytes,
+        }
+        .finish(
+            None,
+            false,
+            flags::NO_ROUTE,
+            text(StatusCode::NOT_FOUND, msg),
+        )
+    };
     let Some(table) = config.route_table_for(listener) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no route configuration for listener {listener}"),
-        );
+        return no_route(format!("no route configuration for listener {listener}"));
     };
     let random: u32 = rand::rng().random();
     let Some(selected) =
         routing::select(table, &authority, req.uri().path(), req.headers(), random)
     else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no route for {authority}{}", req.uri().path()),
-        );
+        return no_route(format!("no route for {authority}{}", req.uri().path()));
     };
     let cluster_name = selected.cluster;
     let service = service_of_cluster(cluster_name);
+    let record = Record {
+        ctx,
+        started,
+        service: Service::from_fqdn(service),
+        request_bytes,
+    };
     let Some(cluster) = config.clusters.get(cluster_name) else {
         ctx.metrics.upstream_error("unknown_cluster");
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no healthy upstream: unknown cluster {cluster_name}"),
+        return record.finish(
+            None,
+            false,
+            flags::NO_HEALTHY_UPSTREAM,
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no healthy upstream: unknown cluster {cluster_name}"),
+            ),
         );
     };
     let Some(endpoint) = config.endpoints_of(cluster).and_then(|e| e.pick()) else {
         ctx.metrics.upstream_error("no_endpoint");
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no healthy upstream: cluster {cluster_name} has no endpoints"),
+        return record.finish(
+            None,
+            false,
+            flags::NO_HEALTHY_UPSTREAM,
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no healthy upstream: cluster {cluster_name} has no endpoints"),
+            ),
         );
     };
 
-    let own = ctx.own_principal();
     let mut report_bag = None;
     if kind == RoutedKind::Gateway
         && let Some(mixer) = &ctx.mixer
@@ -94,8 +171,12 @@ pub async fn handle(
         };
         let bag = attrs.to_bag();
         if let CheckOutcome::Deny { message, .. } = mixer.check(&bag).await {
-            count(ctx, &own, "", service, 403, cluster.tls.is_some());
-            return text(StatusCode::FORBIDDEN, message);
+            return record.finish(
+                None,
+                false,
+                flags::UNAUTHORIZED_EXTERNAL,
+                text(StatusCode::FORBIDDEN, message),
+            );
         }
         report_bag = Some(bag);
     }
@@ -106,86 +187,85 @@ pub async fn handle(
             Some(id) => Some(id.client_config(&t.expected_sans)),
             None => {
                 ctx.metrics.upstream_error("no_identity");
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "cluster {cluster_name} needs mTLS but the workload certificate is not held yet"
+                return record.finish(
+                    None,
+                    false,
+                    flags::UPSTREAM_CONNECT_FAILURE,
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "cluster {cluster_name} needs mTLS but the workload certificate is not held yet"
+                        ),
                     ),
                 );
             }
         },
     };
     let request_size = content_length(req.headers());
+    let mtls = tls.is_some();
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     ensure_request_id(headers);
     if let Ok(v) = HeaderValue::from_str(&authority) {
         headers.insert(HOST, v);
     }
-    let mtls = tls.is_some();
+    // Metadata exchange: only to another sidecar over mTLS; never pass the app's own copy on.
+    if mtls {
+        ctx.workload.write_peer_headers(headers);
+    } else {
+        strip_peer_headers(headers);
+    }
     let resp = ctx.upstream.send(endpoint, tls, req).await;
     let mut resp = match resp {
         Ok(r) => r,
         Err(e) => {
-            let reason = match e {
-                UpstreamError::Connect(_) => "connect",
-                UpstreamError::Request(_) => "request",
+            let (reason, flag) = match e {
+                UpstreamError::Connect(_) => ("connect", flags::UPSTREAM_CONNECT_FAILURE),
+                UpstreamError::Request(_) => ("request", flags::UPSTREAM_CONNECTION_TERMINATION),
             };
             ctx.metrics.upstream_error(reason);
             tracing::debug!(cluster = cluster_name, %endpoint, error = %e, "upstream failed");
-            count(ctx, &own, "", service, 503, mtls);
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("upstream {endpoint} of cluster {cluster_name}: {e}"),
+            return record.finish(
+                None,
+                mtls,
+                flag,
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("upstream {endpoint} of cluster {cluster_name}: {e}"),
+                ),
             );
         }
     };
     strip_hop_by_hop(resp.headers_mut());
     let code = resp.status().as_u16();
-    let peer = resp
+    let peer_principal = resp
         .extensions()
         .get::<PeerPrincipal>()
-        .map(|p| p.0.as_str())
-        .unwrap_or("");
-    count(ctx, &own, peer, service, code, mtls);
+        .map(|p| p.0.clone());
+    // The peer's metadata counts only when the response came over mTLS from a sidecar.
+    let peer_workload = peer_principal
+        .as_deref()
+        .map(|p| Workload::from_peer_headers(resp.headers(), p));
+    strip_peer_headers(resp.headers_mut());
+    let response_size = content_length(resp.headers());
     if let (Some(mixer), Some(mut bag)) = (&ctx.mixer, report_bag) {
         add_response(
             &mut bag,
             code,
             started.elapsed(),
             request_size,
-            content_length(resp.headers()),
+            response_size,
         );
         mixer.report(bag);
     }
-    streamed(resp)
-}
-
-fn count(
-    ctx: &ProxyContext,
-    source: &str,
-    destination: &str,
-    service: &str,
-    code: u16,
-    mtls: bool,
-) {
-    let or_unknown = |s: &str| {
-        if s.is_empty() {
-            "unknown".to_string()
-        } else {
-            s.to_string()
-        }
-    };
-    ctx.metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            reporter: "source",
-            source_principal: or_unknown(source),
-            destination_principal: or_unknown(destination),
-            destination_service: service.to_string(),
-            destination_workload: "unknown".to_string(),
-            response_code: code,
-            connection_security_policy: if mtls { "mutual_tls" } else { "none" },
-        })
-        .inc();
+    let unknown = Workload::unknown();
+    record.finish(
+        Some((
+            peer_workload.as_ref().unwrap_or(&unknown),
+            peer_principal.as_deref().unwrap_or(""),
+        )),
+        mtls,
+        flags::NONE,
+        streamed(resp),
+    )
 }

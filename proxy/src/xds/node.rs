@@ -28,6 +28,9 @@ pub struct NodeInfo {
     pub proxy_type: ProxyType,
     pub ip: String,
     pub pod: String,
+    /// The workload name in metrics and `WORKLOAD_NAME` (the pod name when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_name: Option<String>,
     pub namespace: String,
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
@@ -40,6 +43,11 @@ fn string(s: &str) -> Value {
 }
 
 impl NodeInfo {
+    /// `--workload-name` when given, else the pod name.
+    pub fn workload_name(&self) -> &str {
+        self.workload_name.as_deref().unwrap_or(&self.pod)
+    }
+
     /// `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local` (or `router~...`).
     pub fn node_id(&self) -> String {
         format!(
@@ -75,7 +83,7 @@ impl NodeInfo {
             },
         );
         fields.insert("SERVICE_ACCOUNT".to_string(), string(&self.service_account));
-        fields.insert("WORKLOAD_NAME".to_string(), string(&self.pod));
+        fields.insert("WORKLOAD_NAME".to_string(), string(self.workload_name()));
         Node {
             id: self.node_id(),
             cluster: self
@@ -117,6 +125,7 @@ mod tests {
             proxy_type: ProxyType::Sidecar,
             ip: "127.0.0.1".into(),
             pod: "reviews-v2".into(),
+            workload_name: None,
             namespace: "default".into(),
             service_account: "bookinfo-reviews".into(),
             labels: parse_labels("app=reviews, version=v2").unwrap(),

@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use mesh_proto::envoy::google::protobuf::Any;
 use mesh_proxy::admin::ProxyMetrics;
-use mesh_proxy::http::{ProxyContext, Upstream};
+use mesh_proxy::http::{ProxyContext, Upstream, Workload};
 use mesh_proxy::tls::IdentitySlot;
 use mesh_proxy::xds::{NodeInfo, ProxyType, SharedConfig, XdsState};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,7 +34,12 @@ pub async fn upstream(name: &'static str) -> SocketAddr {
                         "{name} {}",
                         req.uri().path()
                     ))));
-                    for h in ["x-forwarded-client-cert", "host", "x-request-id"] {
+                    for h in [
+                        "x-forwarded-client-cert",
+                        "host",
+                        "x-request-id",
+                        "x-mesh-peer-workload",
+                    ] {
                         if let Some(v) = req.headers().get(h) {
                             resp.headers_mut().insert(
                                 format!("echo-{h}").parse::<http::HeaderName>().unwrap(),
@@ -83,6 +88,7 @@ pub fn node(pod: &str, app: &str) -> NodeInfo {
         proxy_type: ProxyType::Sidecar,
         ip: "127.0.0.1".into(),
         pod: pod.into(),
+        workload_name: None,
         namespace: "default".into(),
         service_account: app.into(),
         labels: [("app".to_string(), app.to_string())].into_iter().collect(),
@@ -112,10 +118,45 @@ pub fn context(
         metrics: ProxyMetrics::default(),
         mixer: None,
         identity,
-        workload: node.labels.get("app").cloned().unwrap_or_default(),
+        workload: Workload::of_node(&node),
         node,
         app_addr,
     })
+}
+
+/// The standard request metrics of `m` in the text format.
+pub fn request_metrics(m: &ProxyMetrics) -> String {
+    let metrics = mesh_runtime::Metrics::default();
+    metrics.register(|r| {
+        r.register("istio_requests", "x", m.requests.clone());
+        r.register(
+            "istio_request_duration_milliseconds",
+            "x",
+            m.request_duration.clone(),
+        );
+        r.register("istio_request_bytes", "x", m.request_bytes.clone());
+        r.register("istio_response_bytes", "x", m.response_bytes.clone());
+    });
+    metrics.encode()
+}
+
+/// Polls (deadline 5 s) until the request metrics of `m` contain every one of `want`, and
+/// returns their text. Requests are recorded when their response body ends, just after the
+/// client has read it.
+pub async fn wait_for_metrics(m: &ProxyMetrics, want: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = request_metrics(m);
+        if want.iter().all(|w| text.contains(w)) {
+            return text;
+        }
+        let missing: Vec<_> = want.iter().filter(|w| !text.contains(**w)).collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "missing {missing:?} in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A stop signal for servers started in a test.
