@@ -206,7 +206,9 @@ pub async fn handle(
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     ensure_request_id(headers);
-    if let Ok(v) = HeaderValue::from_str(&authority) {
+    let forwarding = &selected.route.forwarding;
+    let host = forwarding.host_rewrite.as_deref().unwrap_or(&authority);
+    if let Ok(v) = HeaderValue::from_str(host) {
         headers.insert(HOST, v);
     }
     // Metadata exchange: only to another sidecar over mTLS; never pass the app's own copy on.
@@ -215,7 +217,48 @@ pub async fn handle(
     } else {
         strip_peer_headers(headers);
     }
-    let resp = ctx.upstream.send(endpoint, tls, req).await;
+    if let Some(path) = req
+        .uri()
+        .path_and_query()
+        .and_then(|pq| selected.route.rewritten_path(pq.as_str()))
+    {
+        match rewrite_path(req.uri(), &path) {
+            Some(uri) => *req.uri_mut() = uri,
+            None => {
+                return record.finish(
+                    None,
+                    mtls,
+                    flags::NO_ROUTE,
+                    text(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "route {:?} rewrote the path to an invalid one: {path:?}",
+                            selected.route.name
+                        ),
+                    ),
+                );
+            }
+        }
+    }
+    let sent = ctx.upstream.send(endpoint, tls, req);
+    let resp = match forwarding.timeout {
+        None => sent.await,
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(r) => r,
+            Err(_) => {
+                ctx.metrics.upstream_error("timeout");
+                return record.finish(
+                    None,
+                    mtls,
+                    flags::UPSTREAM_REQUEST_TIMEOUT,
+                    text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("upstream request timeout ({limit:?}) to cluster {cluster_name}"),
+                    ),
+                );
+            }
+        },
+    };
     let mut resp = match resp {
         Ok(r) => r,
         Err(e) => {
@@ -268,4 +311,11 @@ pub async fn handle(
         flags::NONE,
         streamed(resp),
     )
+}
+
+/// `uri` with its path and query replaced by `path_and_query` (scheme and authority kept).
+fn rewrite_path(uri: &http::Uri, path_and_query: &str) -> Option<http::Uri> {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
 }

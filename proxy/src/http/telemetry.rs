@@ -36,6 +36,8 @@ pub mod flags {
     pub const UPSTREAM_CONNECT_FAILURE: &str = "UF";
     /// Upstream connection terminated during the request.
     pub const UPSTREAM_CONNECTION_TERMINATION: &str = "UC";
+    /// The route timeout ran out before the upstream answered.
+    pub const UPSTREAM_REQUEST_TIMEOUT: &str = "UT";
     /// Denied by the external authorizer (Mixer Check).
     pub const UNAUTHORIZED_EXTERNAL: &str = "UAEX";
 }

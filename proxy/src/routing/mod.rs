@@ -5,6 +5,7 @@ mod model;
 mod select;
 
 pub use model::{
-    HeaderMatch, HeaderMatchKind, PathMatch, Route, RouteAction, RouteTable, VirtualHost,
+    Forwarding, HeaderMatch, HeaderMatchKind, PathMatch, Route, RouteAction, RouteTable,
+    VirtualHost,
 };
 pub use select::{Selected, select};

@@ -1,6 +1,7 @@
 //! The route table model the proxy serves from (decoded from RDS `RouteConfiguration`).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -96,6 +97,46 @@ pub struct Route {
     pub path: PathMatch,
     pub headers: Vec<HeaderMatch>,
     pub action: RouteAction,
+    pub forwarding: Forwarding,
+}
+
+/// What a route changes about the forwarded request, and how long it may take.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Forwarding {
+    /// Envoy `prefix_rewrite`: replaces the matched prefix, or the whole path when the route
+    /// matched the exact path or a regex.
+    pub prefix_rewrite: Option<String>,
+    /// Envoy `host_rewrite_literal`: the `Host` sent upstream.
+    pub host_rewrite: Option<String>,
+    /// Envoy route `timeout`, from sending the request upstream to the response headers (the
+    /// request answers 504 when it runs out). `None`: no limit, Istio's default.
+    pub timeout: Option<Duration>,
+}
+
+impl Route {
+    /// The path (with its query) to send upstream for `path_and_query`, or `None` to keep it.
+    pub fn rewritten_path(&self, path_and_query: &str) -> Option<String> {
+        let new_prefix = self.forwarding.prefix_rewrite.as_deref()?;
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let rest = match &self.path {
+            PathMatch::Prefix(p) => path.strip_prefix(p.as_str()).unwrap_or(""),
+            PathMatch::Exact(_) | PathMatch::Regex(_) => "",
+        };
+        let mut out = String::with_capacity(new_prefix.len() + rest.len() + 1);
+        out.push_str(new_prefix);
+        out.push_str(rest);
+        if out.is_empty() {
+            out.push('/');
+        }
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        Some(out)
+    }
 }
 
 /// How a route matches the request path (query string excluded).
@@ -184,4 +225,39 @@ impl RouteAction {
 
 fn ser_regex<S: serde::Serializer>(r: &regex::Regex, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(r.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(path: PathMatch, prefix_rewrite: Option<&str>) -> Route {
+        Route {
+            name: "r".into(),
+            path,
+            headers: vec![],
+            action: RouteAction::Cluster("c".into()),
+            forwarding: Forwarding {
+                prefix_rewrite: prefix_rewrite.map(str::to_string),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn prefix_rewrite_replaces_the_matched_prefix_and_keeps_the_query() {
+        let r = route(PathMatch::Prefix("/api/v1/".into()), Some("/v2/"));
+        assert_eq!(
+            r.rewritten_path("/api/v1/items?x=1").as_deref(),
+            Some("/v2/items?x=1")
+        );
+        let whole = route(PathMatch::Exact("/old".into()), Some("/new"));
+        assert_eq!(whole.rewritten_path("/old?a").as_deref(), Some("/new?a"));
+        let to_root = route(PathMatch::Prefix("/app".into()), Some(""));
+        assert_eq!(to_root.rewritten_path("/app").as_deref(), Some("/"));
+        assert_eq!(
+            route(PathMatch::Prefix("/".into()), None).rewritten_path("/x"),
+            None
+        );
+    }
 }

@@ -48,6 +48,7 @@ mod tests {
             path,
             headers,
             action,
+            forwarding: Default::default(),
         }
     }
 

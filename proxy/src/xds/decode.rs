@@ -24,7 +24,8 @@ use prost::Message;
 
 use crate::cluster::{Cluster, UpstreamTls};
 use crate::routing::{
-    HeaderMatch, HeaderMatchKind, PathMatch, Route, RouteAction, RouteTable, VirtualHost,
+    Forwarding, HeaderMatch, HeaderMatchKind, PathMatch, Route, RouteAction, RouteTable,
+    VirtualHost,
 };
 
 use super::snapshot::Listener;
@@ -181,42 +182,26 @@ fn decode_route(
     for (hi, h) in m.headers.into_iter().enumerate() {
         headers.push(header(res, &format!("{field}.match.headers[{hi}]"), h)?);
     }
+    let mut forwarding = Forwarding::default();
     let action = match r.action {
-        Some(Action::Route(ra)) => match ra.cluster_specifier {
-            Some(route_action::ClusterSpecifier::Cluster(c)) => RouteAction::Cluster(c),
-            Some(route_action::ClusterSpecifier::WeightedClusters(wc)) => {
-                let clusters: Vec<(String, u32)> = wc
-                    .clusters
-                    .into_iter()
-                    .map(|c| (c.name, c.weight.map_or(0, |w| w.value)))
-                    .collect();
-                let total = clusters
-                    .iter()
-                    .try_fold(0u32, |acc, (_, w)| acc.checked_add(*w))
-                    .ok_or_else(|| {
-                        invalid(
-                            res,
-                            format!("{field}.route.weighted_clusters"),
-                            "weights overflow",
-                        )
-                    })?;
-                if total == 0 {
-                    return Err(invalid(
-                        res,
-                        format!("{field}.route.weighted_clusters"),
-                        "total weight is 0",
-                    ));
+        Some(Action::Route(ra)) => {
+            forwarding.prefix_rewrite =
+                (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.clone());
+            if let Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) =
+                &ra.host_rewrite_specifier
+            {
+                forwarding.host_rewrite = Some(h.clone());
+            }
+            forwarding.timeout = match &ra.timeout {
+                Some(d) => {
+                    let t = duration(res, &format!("{field}.route.timeout"), d)?;
+                    // Envoy: a zero timeout disables it.
+                    (!t.is_zero()).then_some(t)
                 }
-                RouteAction::Weighted { clusters, total }
-            }
-            _ => {
-                return Err(invalid(
-                    res,
-                    format!("{field}.route"),
-                    "no cluster or weighted_clusters",
-                ));
-            }
-        },
+                None => None,
+            };
+            route_action_target(res, field, ra)?
+        }
         _ => return Err(invalid(res, field, "only route actions are supported")),
     };
     Ok(Route {
@@ -224,6 +209,62 @@ fn decode_route(
         path,
         headers,
         action,
+        forwarding,
+    })
+}
+
+/// A protobuf duration as a `Duration`, refusing negative or out-of-range values.
+fn duration(
+    res: &str,
+    field: &str,
+    d: &mesh_proto::envoy::google::protobuf::Duration,
+) -> Result<Duration, DecodeError> {
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(invalid(res, field, "negative or malformed duration"));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// The cluster or weighted clusters of a route action.
+fn route_action_target(
+    res: &str,
+    field: &str,
+    ra: mesh_proto::envoy::envoy::config::route::v3::RouteAction,
+) -> Result<RouteAction, DecodeError> {
+    Ok(match ra.cluster_specifier {
+        Some(route_action::ClusterSpecifier::Cluster(c)) => RouteAction::Cluster(c),
+        Some(route_action::ClusterSpecifier::WeightedClusters(wc)) => {
+            let clusters: Vec<(String, u32)> = wc
+                .clusters
+                .into_iter()
+                .map(|c| (c.name, c.weight.map_or(0, |w| w.value)))
+                .collect();
+            let total = clusters
+                .iter()
+                .try_fold(0u32, |acc, (_, w)| acc.checked_add(*w))
+                .ok_or_else(|| {
+                    invalid(
+                        res,
+                        format!("{field}.route.weighted_clusters"),
+                        "weights overflow",
+                    )
+                })?;
+            if total == 0 {
+                return Err(invalid(
+                    res,
+                    format!("{field}.route.weighted_clusters"),
+                    "total weight is 0",
+                ));
+            }
+            RouteAction::Weighted { clusters, total }
+        }
+        _ => {
+            return Err(invalid(
+                res,
+                format!("{field}.route"),
+                "no cluster or weighted_clusters",
+            ));
+        }
     })
 }
 
