@@ -1,5 +1,6 @@
 //! Route forwarding settings Pilot emits from a VirtualService: `prefix_rewrite`,
-//! `host_rewrite_literal` and the route `timeout` (504 when the upstream does not answer in time).
+//! `host_rewrite_literal`, the route `timeout` (504 when the upstream does not answer in time), and
+//! redirect routes.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,7 +9,8 @@ mod common;
 use common::*;
 use http::StatusCode;
 use mesh_proto::envoy::envoy::config::route::v3::{
-    RouteConfiguration, route::Action, route_action::HostRewriteSpecifier,
+    RedirectAction, RouteConfiguration, redirect_action, route::Action,
+    route_action::HostRewriteSpecifier,
 };
 use mesh_proto::envoy::google::protobuf::{Any, Duration as PbDuration};
 use mesh_proto::type_url;
@@ -66,6 +68,16 @@ async fn rewrites_and_route_timeout_are_applied() {
         })
         .virtual_hosts,
     );
+    let mut moved = route_with("moved", "/", REVIEWS, |_| {});
+    moved.virtual_hosts[0].routes[0].action = Some(Action::Redirect(RedirectAction {
+        host_redirect: "reviews".into(),
+        path_rewrite_specifier: Some(redirect_action::PathRewriteSpecifier::PathRedirect(
+            "/new-home".into(),
+        )),
+        response_code: redirect_action::RedirectResponseCode::Found as i32,
+        ..Default::default()
+    }));
+    rc.virtual_hosts.extend(moved.virtual_hosts);
     rc.name = "http_proxy".into();
     let cfg = config(vec![
         (
@@ -112,6 +124,10 @@ async fn rewrites_and_route_timeout_are_applied() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, "reviews /v2/items", "prefix rewritten");
     assert_eq!(headers["echo-host"], "reviews.internal", "host rewritten");
+
+    let (status, headers, _) = send(proxy, "http://moved:9080/old?q=1", &[]).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(headers["location"], "http://reviews/new-home?q=1");
 
     let (status, _, body) = send(proxy, "http://silent/slow", &[]).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");

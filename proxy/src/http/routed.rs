@@ -118,7 +118,22 @@ pub async fn handle(
     else {
         return no_route(format!("no route for {authority}{}", req.uri().path()));
     };
-    let cluster_name = selected.cluster;
+    let Some(cluster_name) = selected.cluster else {
+        let location = match &selected.route.action {
+            routing::RouteAction::Redirect(r) => Some((
+                r.code,
+                r.location(
+                    &authority,
+                    req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+                ),
+            )),
+            _ => None,
+        };
+        return match location {
+            Some((code, location)) => redirect_response(code, &location),
+            None => no_route(format!("route {:?} has no target", selected.route.name)),
+        };
+    };
     let service = service_of_cluster(cluster_name);
     let record = Record {
         ctx,
@@ -318,4 +333,20 @@ fn rewrite_path(uri: &http::Uri, path_and_query: &str) -> Option<http::Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query.parse().ok()?);
     http::Uri::from_parts(parts).ok()
+}
+
+/// A redirect answer with `Location`.
+fn redirect_response(code: u16, location: &str) -> Response<Body> {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    let mut resp = text(status, String::new());
+    match HeaderValue::from_str(location) {
+        Ok(v) => {
+            resp.headers_mut().insert(http::header::LOCATION, v);
+            resp
+        }
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("redirect location {location:?} is not a valid header value"),
+        ),
+    }
 }

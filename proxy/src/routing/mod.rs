@@ -5,7 +5,7 @@ mod model;
 mod select;
 
 pub use model::{
-    Forwarding, HeaderMatch, HeaderMatchKind, PathMatch, Route, RouteAction, RouteTable,
+    Forwarding, HeaderMatch, HeaderMatchKind, PathMatch, Redirect, Route, RouteAction, RouteTable,
     VirtualHost,
 };
 pub use select::{Selected, select};

@@ -202,24 +202,71 @@ pub enum RouteAction {
         clusters: Vec<(String, u32)>,
         total: u32,
     },
+    /// Answer with a redirect instead of forwarding (Envoy `RedirectAction`).
+    Redirect(Redirect),
+}
+
+/// An HTTP redirect: each part left `None` keeps the request's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub strip_query: bool,
+    /// 301, 302, 303, 307 or 308.
+    pub code: u16,
+}
+
+impl Redirect {
+    /// The `Location` for a request to `authority` with `path_and_query`.
+    pub fn location(&self, authority: &str, path_and_query: &str) -> String {
+        let (req_host, req_port) = match authority.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+            _ => (authority, None),
+        };
+        let (req_path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let scheme = self.scheme.as_deref().unwrap_or("http");
+        let host = self.host.as_deref().unwrap_or(req_host);
+        let mut out = format!("{scheme}://{host}");
+        match (self.port, req_port) {
+            (Some(p), _) => out.push_str(&format!(":{p}")),
+            (None, Some(p)) if self.host.is_none() => {
+                out.push(':');
+                out.push_str(p);
+            }
+            _ => {}
+        }
+        out.push_str(self.path.as_deref().unwrap_or(req_path));
+        if let (Some(q), false) = (query, self.strip_query) {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
 }
 
 impl RouteAction {
-    /// The cluster for a random number `r` (any `u32`; reduced modulo the total weight).
-    pub fn pick(&self, r: u32) -> &str {
-        match self {
+    /// The cluster for a random number `r` (any `u32`; reduced modulo the total weight); `None`
+    /// for a redirect.
+    pub fn pick(&self, r: u32) -> Option<&str> {
+        Some(match self {
+            RouteAction::Redirect(_) => return None,
             RouteAction::Cluster(c) => c,
             RouteAction::Weighted { clusters, total } => {
                 let mut x = r % (*total).max(1);
                 for (c, w) in clusters {
                     if x < *w {
-                        return c;
+                        return Some(c);
                     }
                     x -= w;
                 }
-                clusters.last().map(|(c, _)| c.as_str()).unwrap_or("")
+                return clusters.last().map(|(c, _)| c.as_str());
             }
-        }
+        })
     }
 }
 
@@ -259,5 +306,30 @@ mod tests {
             route(PathMatch::Prefix("/".into()), None).rewritten_path("/x"),
             None
         );
+    }
+
+    #[test]
+    fn redirect_location_keeps_what_it_does_not_set() {
+        let r = Redirect {
+            scheme: None,
+            host: None,
+            port: None,
+            path: Some("/new".into()),
+            strip_query: false,
+            code: 301,
+        };
+        assert_eq!(
+            r.location("reviews:9080", "/old?x=1"),
+            "http://reviews:9080/new?x=1"
+        );
+        let r = Redirect {
+            scheme: Some("https".into()),
+            host: Some("example.com".into()),
+            port: None,
+            path: None,
+            strip_query: true,
+            code: 302,
+        };
+        assert_eq!(r.location("reviews:9080", "/a?b"), "https://example.com/a");
     }
 }

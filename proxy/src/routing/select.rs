@@ -9,7 +9,8 @@ use super::model::{Route, RouteTable, VirtualHost};
 pub struct Selected<'a> {
     pub virtual_host: &'a VirtualHost,
     pub route: &'a Route,
-    pub cluster: &'a str,
+    /// The cluster to forward to; `None` for a redirect route.
+    pub cluster: Option<&'a str>,
 }
 
 /// Selects the route for `authority`, `path` (the query, if any, is ignored) and `headers`;
@@ -130,7 +131,7 @@ mod tests {
         for (k, v) in hdr {
             h.insert(*k, v.parse().unwrap());
         }
-        select(t, auth, path, &h, r).map(|s| s.cluster.to_string())
+        select(t, auth, path, &h, r).map(|s| s.cluster.unwrap_or_default().to_string())
     }
 
     #[test]
@@ -200,7 +201,7 @@ mod tests {
         };
         let mut counts = [0u32; 3];
         for r in 0..1000u32 {
-            match a.pick(r) {
+            match a.pick(r).unwrap() {
                 "a" => counts[0] += 1,
                 "b" => counts[1] += 1,
                 _ => counts[2] += 1,

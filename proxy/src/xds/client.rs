@@ -352,7 +352,7 @@ mod tests {
         let table = cfg.route_table_for("virtualOutbound").unwrap();
         let sel =
             crate::routing::select(table, "reviews", "/x", &http::HeaderMap::new(), 0).unwrap();
-        let cluster = &cfg.clusters[sel.cluster];
+        let cluster = &cfg.clusters[sel.cluster.unwrap()];
         assert_eq!(
             cluster.tls.as_ref().unwrap().expected_sans,
             ["spiffe://cluster.local/ns/default/sa/reviews"]

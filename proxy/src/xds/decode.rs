@@ -24,7 +24,7 @@ use prost::Message;
 
 use crate::cluster::{Cluster, UpstreamTls};
 use crate::routing::{
-    Forwarding, HeaderMatch, HeaderMatchKind, PathMatch, Route, RouteAction, RouteTable,
+    Forwarding, HeaderMatch, HeaderMatchKind, PathMatch, Redirect, Route, RouteAction, RouteTable,
     VirtualHost,
 };
 
@@ -202,7 +202,14 @@ fn decode_route(
             };
             route_action_target(res, field, ra)?
         }
-        _ => return Err(invalid(res, field, "only route actions are supported")),
+        Some(Action::Redirect(ra)) => RouteAction::Redirect(redirect(res, field, ra)?),
+        _ => {
+            return Err(invalid(
+                res,
+                field,
+                "only route and redirect actions are supported",
+            ));
+        }
     };
     Ok(Route {
         name: r.name,
@@ -210,6 +217,53 @@ fn decode_route(
         headers,
         action,
         forwarding,
+    })
+}
+
+/// A redirect action; the parts the mesh does not emit (regex rewrites) are refused.
+fn redirect(
+    res: &str,
+    field: &str,
+    ra: mesh_proto::envoy::envoy::config::route::v3::RedirectAction,
+) -> Result<Redirect, DecodeError> {
+    use mesh_proto::envoy::envoy::config::route::v3::redirect_action::{
+        PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
+    };
+    let field = format!("{field}.redirect");
+    let code = match RedirectResponseCode::try_from(ra.response_code) {
+        Ok(RedirectResponseCode::MovedPermanently) => 301,
+        Ok(RedirectResponseCode::Found) => 302,
+        Ok(RedirectResponseCode::SeeOther) => 303,
+        Ok(RedirectResponseCode::TemporaryRedirect) => 307,
+        Ok(RedirectResponseCode::PermanentRedirect) => 308,
+        Err(_) => return Err(invalid(res, &field, "unknown response_code")),
+    };
+    let path = match ra.path_rewrite_specifier {
+        None => None,
+        Some(PathRewriteSpecifier::PathRedirect(p)) => Some(p),
+        Some(_) => {
+            return Err(invalid(res, &field, "only path_redirect is supported"));
+        }
+    };
+    let scheme = match ra.scheme_rewrite_specifier {
+        None => None,
+        Some(SchemeRewriteSpecifier::HttpsRedirect(true)) => Some("https".to_string()),
+        Some(SchemeRewriteSpecifier::HttpsRedirect(false)) => None,
+        Some(SchemeRewriteSpecifier::SchemeRedirect(s)) => Some(s),
+    };
+    let port = match ra.port_redirect {
+        0 => None,
+        p => {
+            Some(u16::try_from(p).map_err(|_| invalid(res, &field, "port_redirect out of range"))?)
+        }
+    };
+    Ok(Redirect {
+        scheme,
+        host: (!ra.host_redirect.is_empty()).then_some(ra.host_redirect),
+        port,
+        path,
+        strip_query: ra.strip_query,
+        code,
     })
 }
 
