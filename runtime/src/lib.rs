@@ -19,5 +19,8 @@ pub use args::{LogArgs, LogFormat};
 pub use args_error::parse_args;
 pub use monitoring::{Metrics, monitoring_router, serve_monitoring};
 pub use readiness::Readiness;
-pub use shutdown::{DEFAULT_GRACE, ShutdownFuture, run_until, run_until_signal, shutdown_signal};
+pub use shutdown::{
+    DEFAULT_GRACE, EXIT_WITH_PARENT_ENV, ShutdownFuture, run_until, run_until_signal,
+    shutdown_signal,
+};
 pub use startup::{StartError, bind_tcp, exit_on_error, init_logging};

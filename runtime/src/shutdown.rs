@@ -10,8 +10,42 @@ pub type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 /// How long a service may drain after the signal before the process stops anyway.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
-/// Resolves when the process receives SIGTERM or SIGINT.
+/// Environment variable a supervisor sets to have its children stop when it dies (see
+/// [`shutdown_signal`]).
+pub const EXIT_WITH_PARENT_ENV: &str = "MESH_EXIT_WITH_PARENT";
+
+/// Resolves when the process receives SIGTERM or SIGINT, or, when started with
+/// `MESH_EXIT_WITH_PARENT=1`, when its standard input reaches end of file. A supervisor (`meshctl
+/// up`) gives each child a pipe on stdin that it never writes to; the kernel closes it when the
+/// supervisor exits for any reason, SIGKILL included, so no child outlives it.
 pub async fn shutdown_signal() {
+    let parent_gone = async {
+        if std::env::var_os(EXIT_WITH_PARENT_ENV).is_some_and(|v| v == "1") {
+            stdin_closed(tokio::io::stdin()).await;
+            tracing::info!("supervisor gone (stdin closed); shutting down");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = os_signal() => {}
+        _ = parent_gone => {}
+    }
+}
+
+/// Resolves when `input` reaches end of file or fails; anything written to it is ignored.
+async fn stdin_closed(mut input: impl tokio::io::AsyncRead + Unpin) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    while let Ok(n) = input.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn os_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let term = async {
         match signal(SignalKind::terminate()) {
@@ -94,6 +128,18 @@ mod tests {
         });
         tx.send(()).unwrap();
         assert_eq!(run.await, Some(7));
+    }
+
+    #[tokio::test]
+    async fn stdin_closing_is_noticed_and_data_is_ignored() {
+        let (mut writer, reader) = tokio::io::duplex(16);
+        let watch = tokio::spawn(stdin_closed(reader));
+        tokio::io::AsyncWriteExt::write_all(&mut writer, b"noise")
+            .await
+            .unwrap();
+        assert!(!watch.is_finished());
+        drop(writer);
+        watch.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

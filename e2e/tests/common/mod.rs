@@ -41,12 +41,25 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Whether a process with this pid still exists.
+/// A zombie (exited, not yet reaped: orphans wait for PID 1 to reap them) counts as gone.
 pub fn alive(pid: i32) -> bool {
-    match kill(Pid::from_raw(pid), None) {
+    let exists = match kill(Pid::from_raw(pid), None) {
         Ok(()) => true,
         Err(nix::errno::Errno::EPERM) => true,
         Err(_) => false,
-    }
+    };
+    exists && !zombie(pid)
+}
+
+fn zombie(pid: i32) -> bool {
+    // /proc/<pid>/stat: "pid (comm) S ..."; comm may hold spaces, so read after the last ')'.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+        })
+        .is_some_and(|state| state == 'Z')
 }
 
 /// Waits for `child` to exit, up to `timeout`.

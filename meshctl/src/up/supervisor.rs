@@ -81,9 +81,13 @@ impl Supervisor {
             program: spec.program.clone(),
             source,
         };
+        // stdin is a pipe meshctl never writes to and keeps open (inside `child`) for the child's
+        // life: when meshctl exits, however it exits, the kernel closes it and the child, told by
+        // MESH_EXIT_WITH_PARENT, stops.
         let child = Command::new(&spec.program)
             .args(&spec.args)
-            .stdin(Stdio::null())
+            .env(mesh_runtime::EXIT_WITH_PARENT_ENV, "1")
+            .stdin(Stdio::piped())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .process_group(0)
