@@ -59,7 +59,8 @@ pub struct UpArgs {
     pub config: Option<PathBuf>,
 
     /// Directory holding the galley, pilot, citadel, mixer, mesh-proxy and bookinfo binaries
-    /// (default: the directory of this meshctl executable). meshctl builds nothing.
+    /// (default: the directory of this meshctl executable; when `cargo run` started meshctl, it
+    /// first runs `cargo build --workspace --bins` there with the same profile).
     #[arg(long, env = "MESH_BIN_DIR")]
     pub bin_dir: Option<PathBuf>,
 
