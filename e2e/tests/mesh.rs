@@ -343,6 +343,33 @@ async fn bookinfo_through_the_mesh() {
         }
     }
 
+    // Envoy-style access log: reviews-v2's sidecar logged productpage's mTLS requests.
+    let access_log = mesh.state_dir().join("logs/reviews-v2-proxy.access.log");
+    let line = poll(
+        "a 200 from productpage in reviews-v2's access log",
+        Duration::from_secs(30),
+        || {
+            let access_log = access_log.clone();
+            async move {
+                let text = std::fs::read_to_string(&access_log)
+                    .map_err(|e| format!("{}: {e}", access_log.display()))?;
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .find(|v| {
+                        v["reporter"] == "destination"
+                            && v["response_code"] == 200
+                            && v["downstream_peer_principal"]
+                                == "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+                    })
+                    .ok_or(format!("no such line in\n{text}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(line["method"], "GET", "{line}");
+    assert_eq!(line["protocol"], "HTTP/1.1", "{line}");
+    assert!(line["x_request_id"].is_string(), "{line}");
+
     let out = mesh.meshctl(&["delete", "virtualservice", "reviews", "-n", "default"]);
     assert_eq!(
         ok_output("delete", &out).trim(),

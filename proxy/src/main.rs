@@ -107,6 +107,11 @@ struct Args {
     #[arg(long, env = "MESH_PROXY_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
 
+    /// Envoy-style JSON access log, one object per request and line: a file path (appended
+    /// to), or `-` for standard output. Off when unset.
+    #[arg(long, env = "MESH_PROXY_ACCESS_LOG")]
+    access_log: Option<String>,
+
     #[command(flatten)]
     log: mesh_runtime::LogArgs,
 }
@@ -140,6 +145,10 @@ async fn main() {
         admin_addr: args.admin_addr,
         monitoring_addr: args.monitoring_addr,
         trust_domain: args.trust_domain,
+        access_log: args
+            .access_log
+            .as_deref()
+            .map(mesh_proxy::http::AccessLogTarget::parse),
     };
     let result = mesh_proxy::run(cfg, mesh_runtime::shutdown_signal()).await;
     // One line: the error text already names its cause.

@@ -10,7 +10,10 @@ use mesh_runtime::{Metrics, Readiness, StartError, bind_tcp};
 use tokio::sync::watch;
 
 use crate::admin::{ProxyMetrics, admin_router};
-use crate::http::{ProxyContext, RoutedKind, Upstream, Workload, serve_inbound, serve_routed};
+use crate::http::{
+    ACCESS_LOG_QUEUE, AccessLog, ProxyContext, RoutedKind, Upstream, Workload, serve_inbound,
+    serve_routed,
+};
 use crate::mixer::{MixerClient, MixerError};
 use crate::tls::IdentitySlot;
 use crate::xds::{NodeInfo, ProxyType, SharedConfig};
@@ -34,6 +37,8 @@ pub struct ProxyConfig {
     pub admin_addr: SocketAddr,
     pub monitoring_addr: Option<SocketAddr>,
     pub trust_domain: String,
+    /// Envoy-style JSON access log per request; off when `None`.
+    pub access_log: Option<crate::http::AccessLogTarget>,
 }
 
 /// Why the proxy could not start.
@@ -51,6 +56,12 @@ pub enum RunError {
     EmptyToken(String),
     #[error(transparent)]
     Mixer(#[from] MixerError),
+    #[error("cannot open access log {path}: {source}")]
+    AccessLog {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("admin server failed: {0}")]
     Admin(std::io::Error),
 }
@@ -127,6 +138,24 @@ pub async fn run(cfg: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result
         None => None,
     };
     let workload = Workload::of_node(&cfg.node);
+    let access_log = match &cfg.access_log {
+        None => None,
+        Some(target) => {
+            let (log, writer) = AccessLog::open(
+                target,
+                proxy_metrics.access_log_dropped.clone(),
+                ACCESS_LOG_QUEUE,
+            )
+            .await
+            .map_err(|source| RunError::AccessLog {
+                path: format!("{target:?}"),
+                source,
+            })?;
+            // Ends (flushed) once the last handle goes with the context.
+            tokio::spawn(writer);
+            Some(log)
+        }
+    };
     let ctx = Arc::new(ProxyContext {
         config: config.clone(),
         upstream: Upstream::new(Duration::from_secs(10)),
@@ -136,6 +165,7 @@ pub async fn run(cfg: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result
         node: cfg.node.clone(),
         app_addr: cfg.app_addr,
         workload,
+        access_log,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

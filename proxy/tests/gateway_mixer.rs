@@ -125,6 +125,7 @@ async fn gateway(
         workload: mesh_proxy::http::Workload::of_node(&node),
         node,
         app_addr: app,
+        access_log: None,
     });
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

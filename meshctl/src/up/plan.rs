@@ -294,12 +294,22 @@ impl Layout {
         if p.router {
             args.extend(["--gateway-port".into(), format!("80={}", self.ingress_http)]);
         }
+        let name = if p.router {
+            "ingressgateway".to_string()
+        } else {
+            format!("{}-proxy", p.pod)
+        };
+        // Envoy-style JSON access log beside the process log.
+        args.extend([
+            "--access-log".into(),
+            self.dirs
+                .logs()
+                .join(format!("{name}.access.log"))
+                .display()
+                .to_string(),
+        ]);
         ProcSpec {
-            name: if p.router {
-                "ingressgateway".into()
-            } else {
-                format!("{}-proxy", p.pod)
-            },
+            name,
             program: self.dirs.bin("mesh-proxy"),
             args,
             ready_url: format!("{}/readyz", url(p.admin)),
@@ -496,6 +506,10 @@ mod tests {
             ["/s/tokens/default.bookinfo-reviews.jwt"]
         );
         assert_eq!(flag(proxy, "--xds-addr"), [url(l.pilot_xds)]);
+        assert_eq!(
+            flag(proxy, "--access-log"),
+            ["/s/logs/reviews-v2-proxy.access.log"]
+        );
         let app = data.iter().find(|p| p.name == "reviews-v2").unwrap();
         assert_eq!(app.program, PathBuf::from("/bin/bookinfo"));
         assert_eq!(flag(app, "--listen"), flag(proxy, "--app-addr"));

@@ -96,6 +96,7 @@ pub struct ProxyMetrics {
     pub mixer_fail_open: Counter,
     pub mixer_reports_sent: Counter,
     pub mixer_reports_dropped: Counter,
+    pub access_log_dropped: Counter,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub tls_handshake_failures: Counter,
 }
@@ -113,6 +114,7 @@ impl Default for ProxyMetrics {
             mixer_fail_open: Counter::default(),
             mixer_reports_sent: Counter::default(),
             mixer_reports_dropped: Counter::default(),
+            access_log_dropped: Counter::default(),
             upstream_errors: Family::default(),
             tls_handshake_failures: Counter::default(),
         }
@@ -173,6 +175,11 @@ impl ProxyMetrics {
                 "proxy_mixer_reports_dropped",
                 "Report records dropped (queue full or Mixer unreachable)",
                 m.mixer_reports_dropped.clone(),
+            );
+            r.register(
+                "proxy_access_log_dropped",
+                "Access log entries dropped because the writer fell behind",
+                m.access_log_dropped.clone(),
             );
             r.register(
                 "proxy_upstream_errors",

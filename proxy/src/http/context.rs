@@ -7,6 +7,7 @@ use crate::mixer::MixerClient;
 use crate::tls::IdentitySlot;
 use crate::xds::{NodeInfo, SharedConfig};
 
+use super::access_log::AccessLog;
 use super::telemetry::Workload;
 use super::upstream::Upstream;
 
@@ -22,6 +23,8 @@ pub struct ProxyContext {
     pub app_addr: SocketAddr,
     /// This proxy's workload in metrics and in the metadata exchange.
     pub workload: Workload,
+    /// Where access log entries go; `None` when access logging is off.
+    pub access_log: Option<AccessLog>,
 }
 
 impl ProxyContext {

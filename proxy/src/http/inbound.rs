@@ -1,6 +1,7 @@
 //! Inbound requests (after mTLS termination): Check, `x-forwarded-client-cert`, forward to the
 //! application, count, Report.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use http::header::{HOST, HeaderValue};
@@ -9,6 +10,7 @@ use hyper::body::Incoming;
 
 use crate::mixer::{CheckOutcome, RequestAttributes, add_response};
 
+use super::access_log::{AccessLogEntry, non_empty};
 use super::context::ProxyContext;
 use super::headers::{XFCC, authority, ensure_request_id, strip_hop_by_hop};
 use super::metered::metered;
@@ -23,7 +25,12 @@ use super::upstream::UpstreamError;
 /// The inbound listener only serves mutual TLS, so the peer's `x-mesh-peer-*` metadata is
 /// trusted; it is read, then stripped before the application sees the request. The response
 /// carries this workload's metadata back to the calling sidecar.
-pub async fn handle(ctx: &ProxyContext, peer: &str, mut req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    ctx: &ProxyContext,
+    peer: &str,
+    remote: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     let own = ctx.own_principal();
     let authority = authority(&req).unwrap_or_default();
@@ -36,6 +43,17 @@ pub async fn handle(ctx: &ProxyContext, peer: &str, mut req: Request<Incoming>) 
     strip_peer_headers(req.headers_mut());
     let request_size = content_length(req.headers());
     let service_labels = Service::from_host(&authority, &ctx.workload.namespace);
+    // Early, so the access log line and the application see the same id.
+    ensure_request_id(req.headers_mut());
+    let request_bytes = request_size.max(0) as u64;
+    let entry = ctx.access_log.as_ref().map(|_| {
+        let mut e = AccessLogEntry::start(&req, Some(remote), Reporter::Destination, request_bytes);
+        e.downstream_peer_principal = non_empty(peer);
+        // Istio's inbound cluster for the application's port.
+        e.upstream_cluster = Some(format!("inbound|{}||", ctx.app_addr.port()));
+        e.upstream_host = Some(ctx.app_addr.to_string());
+        e
+    });
     // Records the request when the response body ends; the response carries this workload's
     // metadata back to the calling sidecar.
     let finish = |flags: &'static str, mut resp: Response<Body>| {
@@ -57,10 +75,21 @@ pub async fn handle(ctx: &ProxyContext, peer: &str, mut req: Request<Incoming>) 
                 mtls: true,
             },
         );
+        let log = entry.map(|mut e| {
+            e.response_code = resp.status().as_u16();
+            e.response_flags = flags;
+            e
+        });
+        let access_log = ctx.access_log.clone();
         let metrics = ctx.metrics.clone();
-        let request_bytes = request_size.max(0) as u64;
         metered(resp, move |response_bytes| {
-            metrics.record_request(&labels, started.elapsed(), request_bytes, response_bytes);
+            let duration = started.elapsed();
+            metrics.record_request(&labels, duration, request_bytes, response_bytes);
+            if let (Some(access_log), Some(mut e)) = (access_log, log) {
+                e.bytes_sent = response_bytes;
+                e.duration = duration.as_millis() as u64;
+                access_log.log(e);
+            }
         })
     };
     let mut report_bag = None;

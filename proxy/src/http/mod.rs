@@ -1,6 +1,7 @@
 //! The data path: HTTP/1.1 listeners (outbound, inbound, gateway), forwarding and upstream
 //! connections.
 
+mod access_log;
 mod context;
 mod headers;
 mod inbound;
@@ -11,6 +12,9 @@ mod server;
 mod telemetry;
 mod upstream;
 
+pub use access_log::{
+    AccessLog, AccessLogEntry, AccessLogTarget, QUEUE as ACCESS_LOG_QUEUE, rfc3339_millis,
+};
 pub use context::{ProxyContext, service_of_cluster};
 pub use headers::{X_REQUEST_ID, XFCC};
 pub use metered::metered;

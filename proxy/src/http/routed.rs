@@ -1,6 +1,7 @@
 //! Requests that are routed by xDS: the sidecar's outbound listener and the router's gateway
 //! listeners. Virtual host → route → cluster → endpoint → upstream (mTLS when the cluster says).
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use http::header::{HOST, HeaderValue};
@@ -11,6 +12,7 @@ use rand::Rng;
 use crate::mixer::{CheckOutcome, RequestAttributes, add_response};
 use crate::routing;
 
+use super::access_log::{AccessLogEntry, non_empty};
 use super::context::{ProxyContext, service_of_cluster};
 use super::headers::{authority, ensure_request_id, strip_hop_by_hop};
 use super::metered::metered;
@@ -35,13 +37,15 @@ struct Record<'a> {
     started: Instant,
     service: Service,
     request_bytes: u64,
+    /// The access log entry so far, when access logging is on.
+    log: Option<AccessLogEntry>,
 }
 
 impl Record<'_> {
     /// Records the request when `resp`'s body ends; `peer` is the destination workload and
     /// principal (from the mTLS handshake and the metadata exchange), when known.
     fn finish(
-        &self,
+        self,
         peer: Option<(&Workload, &str)>,
         mtls: bool,
         flags: &'static str,
@@ -71,10 +75,23 @@ impl Record<'_> {
                 mtls,
             },
         );
+        let log = self.log.map(|mut e| {
+            e.response_code = resp.status().as_u16();
+            e.response_flags = flags;
+            e.upstream_peer_principal = non_empty(dst_principal);
+            e
+        });
+        let access_log = self.ctx.access_log.clone();
         let metrics = self.ctx.metrics.clone();
         let (started, request_bytes) = (self.started, self.request_bytes);
         metered(resp, move |response_bytes| {
-            metrics.record_request(&labels, started.elapsed(), request_bytes, response_bytes);
+            let duration = started.elapsed();
+            metrics.record_request(&labels, duration, request_bytes, response_bytes);
+            if let (Some(access_log), Some(mut e)) = (access_log, log) {
+                e.bytes_sent = response_bytes;
+                e.duration = duration.as_millis() as u64;
+                access_log.log(e);
+            }
         })
     }
 }
@@ -84,6 +101,7 @@ pub async fn handle(
     ctx: &ProxyContext,
     listener: &str,
     kind: RoutedKind,
+    remote: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -95,12 +113,19 @@ pub async fn handle(
         );
     };
     let request_bytes = content_length(req.headers()).max(0) as u64;
+    // Early, so every access log line and the upstream carry the same id.
+    ensure_request_id(req.headers_mut());
+    let entry = ctx
+        .access_log
+        .as_ref()
+        .map(|_| AccessLogEntry::start(&req, Some(remote), Reporter::Source, request_bytes));
     let no_route = |msg: String| {
         Record {
             ctx,
             started,
             service: Service::from_host(&authority, &ctx.workload.namespace),
             request_bytes,
+            log: entry.clone(),
         }
         .finish(
             None,
@@ -135,11 +160,16 @@ pub async fn handle(
         };
     };
     let service = service_of_cluster(cluster_name);
-    let record = Record {
+    let mut record = Record {
         ctx,
         started,
         service: Service::from_fqdn(service),
         request_bytes,
+        log: entry.map(|mut e| {
+            e.route_name = non_empty(&selected.route.name);
+            e.upstream_cluster = Some(cluster_name.to_string());
+            e
+        }),
     };
     let Some(cluster) = config.clusters.get(cluster_name) else {
         ctx.metrics.upstream_error("unknown_cluster");
@@ -165,6 +195,9 @@ pub async fn handle(
             ),
         );
     };
+    if let Some(e) = record.log.as_mut() {
+        e.upstream_host = Some(endpoint.to_string());
+    }
 
     let mut report_bag = None;
     if kind == RoutedKind::Gateway

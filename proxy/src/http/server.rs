@@ -28,7 +28,7 @@ pub async fn serve_routed(
     let name: Arc<str> = listener_name.into();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -44,7 +44,7 @@ pub async fn serve_routed(
         let svc = service_fn(move |req| {
             let ctx = ctx.clone();
             let name = name.clone();
-            async move { Ok::<_, Infallible>(routed::handle(&ctx, &name, kind, req).await) }
+            async move { Ok::<_, Infallible>(routed::handle(&ctx, &name, kind, remote, req).await) }
         });
         let conn = http1::Builder::new()
             .keep_alive(true)
@@ -110,7 +110,9 @@ pub async fn serve_inbound(
             let svc = service_fn(move |req| {
                 let ctx = ctx.clone();
                 let peer = peer.clone();
-                async move { Ok::<_, Infallible>(super::inbound::handle(&ctx, &peer, req).await) }
+                async move {
+                    Ok::<_, Infallible>(super::inbound::handle(&ctx, &peer, remote, req).await)
+                }
             });
             let conn = http1::Builder::new()
                 .keep_alive(true)

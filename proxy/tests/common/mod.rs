@@ -121,6 +121,7 @@ pub fn context(
         workload: Workload::of_node(&node),
         node,
         app_addr,
+        access_log: None,
     })
 }
 
