@@ -134,7 +134,11 @@ async fn rewrites_and_route_timeout_are_applied() {
     assert!(body.contains("timeout"), "{body}");
     wait_for_metrics(
         &ctx.metrics,
-        &[r#"response_code="504",grpc_response_status="",response_flags="UT""#],
+        &[
+            r#"response_code="504",grpc_response_status="",response_flags="UT""#,
+            r#"destination_service="moved.default.svc.cluster.local""#,
+            r#"response_code="302",grpc_response_status="",response_flags="-""#,
+        ],
     )
     .await;
 

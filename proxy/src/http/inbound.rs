@@ -13,7 +13,7 @@ use crate::mixer::{CheckOutcome, RequestAttributes, add_response};
 use super::access_log::{AccessLogEntry, non_empty};
 use super::context::ProxyContext;
 use super::headers::{XFCC, authority, ensure_request_id, strip_hop_by_hop};
-use super::metered::metered;
+use super::metered::record_on_end;
 use super::response::{Body, content_length, streamed, text};
 use super::telemetry::{
     Outcome, Party, Reporter, Service, Workload, flags, request_labels, strip_peer_headers,
@@ -80,17 +80,7 @@ pub async fn handle(
             e.response_flags = flags;
             e
         });
-        let access_log = ctx.access_log.clone();
-        let metrics = ctx.metrics.clone();
-        metered(resp, move |response_bytes| {
-            let duration = started.elapsed();
-            metrics.record_request(&labels, duration, request_bytes, response_bytes);
-            if let (Some(access_log), Some(mut e)) = (access_log, log) {
-                e.bytes_sent = response_bytes;
-                e.duration = duration.as_millis() as u64;
-                access_log.log(e);
-            }
-        })
+        record_on_end(ctx, resp, labels, started, request_bytes, log)
     };
     let mut report_bag = None;
     if let Some(mixer) = &ctx.mixer {
@@ -119,7 +109,6 @@ pub async fn handle(
     }
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    ensure_request_id(headers);
     headers.remove(&XFCC);
     if let Ok(v) = HeaderValue::from_str(&format!("By={own};URI={peer}")) {
         headers.insert(XFCC.clone(), v);

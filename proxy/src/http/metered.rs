@@ -3,12 +3,17 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
+use crate::admin::RequestLabels;
+
+use super::access_log::AccessLogEntry;
+use super::context::ProxyContext;
 use super::response::Body;
 
 /// A body that calls `on_end(bytes)` once: at its end, on an error, or when dropped early.
@@ -64,6 +69,29 @@ impl<F: FnOnce(u64)> Drop for Metered<F> {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// Records the request when `resp`'s body ends: Istio's request metrics with `labels`, and the
+/// access log line `log` when access logging is on. Every listener records through here.
+pub fn record_on_end(
+    ctx: &ProxyContext,
+    resp: Response<Body>,
+    labels: RequestLabels,
+    started: Instant,
+    request_bytes: u64,
+    log: Option<AccessLogEntry>,
+) -> Response<Body> {
+    let access_log = ctx.access_log.clone();
+    let metrics = ctx.metrics.clone();
+    metered(resp, move |response_bytes| {
+        let duration = started.elapsed();
+        metrics.record_request(&labels, duration, request_bytes, response_bytes);
+        if let (Some(access_log), Some(mut e)) = (access_log, log) {
+            e.bytes_sent = response_bytes;
+            e.duration = duration.as_millis() as u64;
+            access_log.log(e);
+        }
+    })
 }
 
 /// Wraps `resp`'s body so `on_end` gets the body bytes sent once the body is done.

@@ -15,7 +15,7 @@ use crate::routing;
 use super::access_log::{AccessLogEntry, non_empty};
 use super::context::{ProxyContext, service_of_cluster};
 use super::headers::{authority, ensure_request_id, strip_hop_by_hop};
-use super::metered::metered;
+use super::metered::record_on_end;
 use super::response::{Body, content_length, streamed, text};
 use super::telemetry::{
     Outcome, Party, Reporter, Service, Workload, flags, request_labels, strip_peer_headers,
@@ -81,18 +81,14 @@ impl Record<'_> {
             e.upstream_peer_principal = non_empty(dst_principal);
             e
         });
-        let access_log = self.ctx.access_log.clone();
-        let metrics = self.ctx.metrics.clone();
-        let (started, request_bytes) = (self.started, self.request_bytes);
-        metered(resp, move |response_bytes| {
-            let duration = started.elapsed();
-            metrics.record_request(&labels, duration, request_bytes, response_bytes);
-            if let (Some(access_log), Some(mut e)) = (access_log, log) {
-                e.bytes_sent = response_bytes;
-                e.duration = duration.as_millis() as u64;
-                access_log.log(e);
-            }
-        })
+        record_on_end(
+            self.ctx,
+            resp,
+            labels,
+            self.started,
+            self.request_bytes,
+            log,
+        )
     }
 }
 
@@ -112,7 +108,8 @@ pub async fn handle(
             "request has no authority (Host header)",
         );
     };
-    let request_bytes = content_length(req.headers()).max(0) as u64;
+    let request_size = content_length(req.headers());
+    let request_bytes = request_size.max(0) as u64;
     // Early, so every access log line and the upstream carry the same id.
     ensure_request_id(req.headers_mut());
     let entry = ctx
@@ -155,7 +152,17 @@ pub async fn handle(
             _ => None,
         };
         return match location {
-            Some((code, location)) => redirect_response(code, &location),
+            Some((code, location)) => Record {
+                ctx,
+                started,
+                service: Service::from_host(&authority, &ctx.workload.namespace),
+                request_bytes,
+                log: entry.map(|mut e| {
+                    e.route_name = non_empty(&selected.route.name);
+                    e
+                }),
+            }
+            .finish(None, false, flags::NONE, redirect_response(code, &location)),
             None => no_route(format!("route {:?} has no target", selected.route.name)),
         };
     };
@@ -249,11 +256,9 @@ pub async fn handle(
             }
         },
     };
-    let request_size = content_length(req.headers());
     let mtls = tls.is_some();
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    ensure_request_id(headers);
     let forwarding = &selected.route.forwarding;
     let host = forwarding.host_rewrite.as_deref().unwrap_or(&authority);
     if let Ok(v) = HeaderValue::from_str(host) {
