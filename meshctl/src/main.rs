@@ -2,6 +2,7 @@
 //! Bookinfo demo); `apply`, `get` and `delete` talk to Galley's apply API.
 
 mod apply;
+mod dashboard;
 mod galley_api;
 mod get;
 mod state;
@@ -47,6 +48,9 @@ enum Command {
     /// Check configuration files offline with Galley's validation (no mesh needed); exit 0 when
     /// all documents are valid, 1 when any is invalid, 2 when an input cannot be read.
     Validate(validate::ValidateArgs),
+    /// Serve the live mesh dashboard (service graph, golden signals, config, proxy sync) of the
+    /// mesh `meshctl up` is running; `up` already serves one and prints its address.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 #[tokio::main]
@@ -75,6 +79,7 @@ async fn main() {
             Ok(url) => get::run_delete(&args, &url).await.map_err(Into::into),
             Err(e) => Err(e.into()),
         },
+        Command::Dashboard(args) => dashboard::run(&args, state_dir).await.map_err(Into::into),
         Command::Validate(_) => Ok(()),
     };
     mesh_runtime::exit_on_error("meshctl", res);

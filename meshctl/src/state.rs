@@ -35,6 +35,9 @@ pub struct MeshState {
     pub apps: BTreeMap<String, AppAddrs>,
     /// Every child process.
     pub processes: Vec<ProcessInfo>,
+    /// The dashboard's URL, served by `meshctl up` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,6 +184,7 @@ mod tests {
             proxies: BTreeMap::new(),
             apps: BTreeMap::new(),
             processes: vec![],
+            dashboard: Some("http://127.0.0.1:12".into()),
         }
     }
 

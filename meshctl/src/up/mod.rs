@@ -25,6 +25,7 @@ pub mod siblings;
 pub mod supervisor;
 pub mod tokens;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,6 +39,7 @@ use self::ready::ReadyError;
 use self::siblings::{BuildError, SiblingBuild};
 use self::supervisor::{SuperviseError, Supervisor};
 use self::tokens::TokenError;
+use crate::dashboard::{self, DashboardError};
 use crate::state::{MESH_JSON, StateError};
 
 /// The file the demo's objects are written to, inside the config directory.
@@ -98,6 +100,8 @@ pub enum UpError {
     State(#[from] StateError),
     #[error("cannot listen for signals: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Dashboard(#[from] DashboardError),
 }
 
 fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> UpError + '_ {
@@ -207,12 +211,37 @@ pub async fn run(args: UpArgs, state_dir: PathBuf) -> Result<(), UpError> {
         }
         Some(Ok(())) => {}
     }
-    let state = layout.mesh_state(std::process::id(), supervisor.processes());
+    let mut state = layout.mesh_state(std::process::id(), supervisor.processes());
+    let dashboard = match dashboard::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            supervisor.stop(STOP_GRACE).await;
+            return Err(e.into());
+        }
+    };
+    let dashboard_url = match dashboard.local_addr() {
+        Ok(a) => format!("http://{a}"),
+        Err(e) => {
+            supervisor.stop(STOP_GRACE).await;
+            return Err(DashboardError::Serve(e).into());
+        }
+    };
+    state.dashboard = Some(dashboard_url.clone());
     if let Err(e) = state.write(&layout.dirs.state) {
         supervisor.stop(STOP_GRACE).await;
         return Err(e.into());
     }
-    println!("{}", layout.ready_line());
+    let (stop_dashboard, dashboard_stopped) = tokio::sync::oneshot::channel::<()>();
+    let dashboard_state = state.clone();
+    let dashboard_task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = dashboard_stopped.await;
+        };
+        if let Err(e) = dashboard::serve(dashboard, &dashboard_state, shutdown).await {
+            eprintln!("meshctl: dashboard stopped: {e}");
+        }
+    });
+    println!("{} dashboard={dashboard_url}", layout.ready_line());
 
     loop {
         tokio::select! {
@@ -224,6 +253,8 @@ pub async fn run(args: UpArgs, state_dir: PathBuf) -> Result<(), UpError> {
             }
         }
     }
+    let _ = stop_dashboard.send(());
+    let _ = dashboard_task.await;
     supervisor.stop(STOP_GRACE).await;
     remove_if_exists(&mesh_json)?;
     Ok(())

@@ -416,6 +416,7 @@ impl Layout {
             proxies,
             apps,
             processes,
+            dashboard: None,
         }
     }
 
