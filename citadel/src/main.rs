@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// Citadel: the mesh CA. Signs workload CSRs with the SPIFFE identity the caller's token proves.
+/// Citadel: the mesh CA. Signs workload CSRs with the SPIFFE identity the caller's credentials
+/// prove (current certificate, Kubernetes service-account token, or local token).
 #[derive(Debug, Parser)]
 #[command(name = "citadel", version)]
 struct Args {
@@ -25,14 +26,31 @@ struct Args {
     trust_domain: String,
 
     /// Lifetime of a certificate when the request asks for none (e.g. 24h, 90m).
-    #[arg(long, env = "CITADEL_DEFAULT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, visible_alias = "default-cert-ttl", env = "CITADEL_DEFAULT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     default_ttl: Duration,
 
-    /// Longest lifetime a request may ask for; longer requests are refused.
-    #[arg(long, env = "CITADEL_MAX_TTL", default_value = "2160h", value_parser = humantime::parse_duration)]
+    /// Longest lifetime a request may ask for (default 90 days); longer requests are refused
+    /// with INVALID_ARGUMENT naming this limit.
+    #[arg(long, visible_alias = "max-cert-ttl", env = "CITADEL_MAX_TTL", default_value = "2160h", value_parser = humantime::parse_duration)]
     max_ttl: Duration,
 
-    /// Address of the monitoring listener (/healthz, /readyz, /metrics).
+    /// Address of the gRPC-over-TLS listener (Citadel's certificate is signed by its own CA; a
+    /// client certificate is optional and, when valid, renews that same identity). Off when
+    /// unset.
+    #[arg(long, env = "CITADEL_TLS_ADDR")]
+    tls_addr: Option<SocketAddr>,
+
+    /// PEM file of further roots to trust beside the signing root (root rotation; see
+    /// docs/security.md). STATE/extra-roots.pem is read too when present.
+    #[arg(long, env = "CITADEL_EXTRA_ROOTS")]
+    extra_roots: Option<PathBuf>,
+
+    /// Check bearer tokens as Kubernetes service-account JWTs with the TokenReview API
+    /// (audience istio-ca), using the in-cluster or kubeconfig credentials. Off in local mode.
+    #[arg(long, env = "CITADEL_KUBE_TOKENREVIEW")]
+    kube_tokenreview: bool,
+
+    /// Address of the monitoring listener (/healthz, /readyz, /metrics, /roots.pem).
     #[arg(
         long,
         env = "CITADEL_MONITORING_ADDR",
@@ -57,6 +75,9 @@ async fn main() {
             default: args.default_ttl,
             max: args.max_ttl,
         },
+        tls_addr: args.tls_addr,
+        extra_roots: args.extra_roots,
+        kube_tokenreview: args.kube_tokenreview,
     };
     let result = mesh_runtime::run_until_signal(mesh_runtime::DEFAULT_GRACE, |stop| {
         citadel::run(config, stop)

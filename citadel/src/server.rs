@@ -1,9 +1,12 @@
 //! The certificate service (`istio.v1.auth.IstioCertificateService/CreateCertificate`) and the
-//! process around it: listeners, monitoring, readiness, shutdown.
+//! process around it: listeners (plaintext gRPC, optional gRPC over TLS, monitoring with
+//! `/roots.pem`), readiness, shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use std::future::IntoFuture;
 
 use futures::FutureExt;
 use mesh_identity::SpiffeId;
@@ -15,9 +18,13 @@ use mesh_runtime::{Metrics, Readiness, StartError};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-use crate::authn::{Authenticators, CallerInfo, LocalTokenAuthenticator};
+use crate::authn::{
+    Authenticators, CallerInfo, LocalTokenAuthenticator, PeerCertificateAuthenticator,
+    TokenReviewAuthenticator,
+};
 use crate::ca::{CaError, CertificateAuthority, SignError, TtlPolicy};
 use crate::metrics::{CitadelMetrics, CsrResult};
+use crate::tls::{MtlsConnectInfo, TlsSetupError};
 use crate::token::{IssuerKey, TokenError};
 
 /// Readiness condition: the CA's root is loaded.
@@ -31,6 +38,34 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub trust_domain: String,
     pub ttl: TtlPolicy,
+    /// Address of the gRPC-over-TLS listener, where a caller may renew with its current
+    /// certificate; none: no TLS listener.
+    pub tls_addr: Option<SocketAddr>,
+    /// A PEM file of further roots to trust (beside `STATE/extra-roots.pem`).
+    pub extra_roots: Option<PathBuf>,
+    /// Check bearer tokens with the Kubernetes TokenReview API (audience `istio-ca`).
+    pub kube_tokenreview: bool,
+}
+
+impl Config {
+    /// Local mode: plaintext gRPC and monitoring, local tokens only, no extra roots.
+    pub fn local(
+        grpc_addr: SocketAddr,
+        monitoring_addr: SocketAddr,
+        state_dir: PathBuf,
+        ttl: TtlPolicy,
+    ) -> Self {
+        Config {
+            grpc_addr,
+            monitoring_addr,
+            state_dir,
+            trust_domain: "cluster.local".into(),
+            ttl,
+            tls_addr: None,
+            extra_roots: None,
+            kube_tokenreview: false,
+        }
+    }
 }
 
 /// Why Citadel could not start or stopped with an error.
@@ -45,6 +80,10 @@ pub enum RunError {
     Ca(CaError),
     #[error("cannot load the token issuer key: {0}")]
     Token(TokenError),
+    #[error("cannot set up the TLS listener: {0}")]
+    Tls(TlsSetupError),
+    #[error("cannot create the Kubernetes client for TokenReview: {0}")]
+    Kube(kube::Error),
     /// tonic's transport error says little itself; the detail is in its source.
     #[error("grpc server failed")]
     Grpc(#[source] tonic::transport::Error),
@@ -96,11 +135,13 @@ impl IstioCertificateService for CitadelService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let caller = CallerInfo::from_metadata(request.metadata());
+        let mut caller = CallerInfo::from_metadata(request.metadata());
+        let mut remote = request.remote_addr();
+        if let Some(info) = request.extensions().get::<MtlsConnectInfo>() {
+            remote = info.remote_addr;
+            caller = caller.with_peer_chain(info.peer_chain.clone());
+        }
+        let peer = remote.map(|a| a.to_string()).unwrap_or_default();
         let who = match self.authenticators.authenticate(&caller).await {
             Ok(who) => who,
             Err(reason) => {
@@ -160,8 +201,10 @@ impl IstioCertificateService for CitadelService {
 /// A Citadel with its listeners bound and its CA loaded, ready to serve.
 pub struct Citadel {
     grpc: TcpListener,
+    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     monitoring: TcpListener,
     service: CitadelService,
+    trust_bundle_pem: Arc<String>,
     readiness: Readiness,
     metrics: Metrics,
 }
@@ -186,16 +229,49 @@ impl Citadel {
         let grpc = mesh_runtime::bind_tcp("grpc", config.grpc_addr)
             .await
             .map_err(RunError::Start)?;
+        let tls_listener = match config.tls_addr {
+            Some(addr) => Some(
+                mesh_runtime::bind_tcp("tls", addr)
+                    .await
+                    .map_err(RunError::Start)?,
+            ),
+            None => None,
+        };
         let monitoring = mesh_runtime::bind_tcp("monitoring", config.monitoring_addr)
             .await
             .map_err(RunError::Start)?;
         let readiness = Readiness::new(&[READY_CA]);
         let metrics = Metrics::default();
 
-        let ca = CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)
+        let mut ca = CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)
             .map_err(RunError::Ca)?;
+        if let Some(path) = &config.extra_roots {
+            ca.add_extra_roots_file(path).map_err(RunError::Ca)?;
+        }
         let key = IssuerKey::load_or_create(&config.state_dir).map_err(RunError::Token)?;
-        let authenticators = Authenticators::new().with(LocalTokenAuthenticator::new(key));
+
+        // First success wins: the current certificate (TLS listener only), a Kubernetes
+        // service-account token, a local token.
+        let mut authenticators = Authenticators::new();
+        let tls = match tls_listener {
+            Some(listener) => {
+                authenticators = authenticators.with(PeerCertificateAuthenticator::new(
+                    config.trust_domain.clone(),
+                ));
+                Some((
+                    listener,
+                    crate::tls::server_config(&ca).map_err(RunError::Tls)?,
+                ))
+            }
+            None => None,
+        };
+        if config.kube_tokenreview {
+            let client = kube::Client::try_default().await.map_err(RunError::Kube)?;
+            authenticators = authenticators.with(TokenReviewAuthenticator::new(client));
+        }
+        let authenticators = authenticators.with(LocalTokenAuthenticator::new(key));
+        tracing::info!(?authenticators, "caller authentication");
+        let trust_bundle_pem = Arc::new(ca.trust_bundle_pem());
         let service = CitadelService::new(
             Arc::new(ca),
             authenticators,
@@ -205,8 +281,10 @@ impl Citadel {
         );
         Ok(Citadel {
             grpc,
+            tls,
             monitoring,
             service,
+            trust_bundle_pem,
             readiness,
             metrics,
         })
@@ -215,6 +293,11 @@ impl Citadel {
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
         self.grpc.local_addr()
+    }
+
+    /// The bound TLS gRPC address, if there is a TLS listener.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The bound monitoring address.
@@ -230,14 +313,36 @@ impl Citadel {
         let shutdown = shutdown.shared();
         let grpc_addr = self.grpc.local_addr().ok();
         let monitoring_addr = self.monitoring.local_addr().ok();
-        let monitoring = tokio::spawn(mesh_runtime::serve_monitoring(
-            self.monitoring,
-            self.readiness.clone(),
-            self.metrics,
-            shutdown.clone(),
-        ));
+        let tls_addr = self.tls_addr();
+        let bundle = self.trust_bundle_pem.clone();
+        let router = mesh_runtime::monitoring_router(self.readiness.clone(), self.metrics).route(
+            "/roots.pem",
+            axum::routing::get(move || {
+                let bundle = bundle.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/x-pem-file")],
+                        String::clone(&bundle),
+                    )
+                }
+            }),
+        );
+        let monitoring = tokio::spawn(
+            axum::serve(self.monitoring, router)
+                .with_graceful_shutdown(shutdown.clone())
+                .into_future(),
+        );
+        let tls = self.tls.map(|(listener, config)| {
+            let server = tonic::transport::Server::builder()
+                .add_service(self.service.clone().into_server())
+                .serve_with_incoming_shutdown(
+                    crate::tls::incoming(listener, config, shutdown.clone()),
+                    shutdown.clone(),
+                );
+            tokio::spawn(server)
+        });
         self.readiness.set(READY_CA, true);
-        tracing::info!(?grpc_addr, ?monitoring_addr, "citadel serving");
+        tracing::info!(?grpc_addr, ?tls_addr, ?monitoring_addr, "citadel serving");
         let grpc = tonic::transport::Server::builder()
             .add_service(self.service.into_server())
             .serve_with_incoming_shutdown(
@@ -248,6 +353,11 @@ impl Citadel {
         let monitoring = monitoring
             .await
             .map_err(|e| RunError::Monitoring(std::io::Error::other(e)))?;
+        if let Some(tls) = tls {
+            tls.await
+                .map_err(|e| RunError::Monitoring(std::io::Error::other(e)))?
+                .map_err(RunError::Grpc)?;
+        }
         grpc.map_err(RunError::Grpc)?;
         monitoring.map_err(RunError::Monitoring)?;
         tracing::info!("citadel stopped");

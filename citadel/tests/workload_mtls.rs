@@ -40,16 +40,15 @@ impl Running {
 }
 
 async fn start_citadel(state: &Path, grpc: SocketAddr) -> Running {
-    let citadel = Citadel::bind(Config {
-        grpc_addr: grpc,
-        monitoring_addr: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state.to_path_buf(),
-        trust_domain: "cluster.local".into(),
-        ttl: TtlPolicy {
+    let citadel = Citadel::bind(Config::local(
+        grpc,
+        "127.0.0.1:0".parse().unwrap(),
+        state.to_path_buf(),
+        TtlPolicy {
             default: HOUR,
             max: 2 * HOUR,
         },
-    })
+    ))
     .await
     .unwrap();
     let grpc = citadel.grpc_addr().unwrap();

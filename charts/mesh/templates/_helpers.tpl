@@ -48,6 +48,8 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 - 0.0.0.0:15014
 - --log-level
 - {{ .Values.logLevel | quote }}
+- --log-format
+- {{ .Values.logFormat }}
 {{- end -}}
 
 {{/* Pod-level security: the mesh's uid 1337, never root. */}}
@@ -71,6 +73,8 @@ privileged: false
 capabilities:
   drop:
     - ALL
+seccompProfile:
+  type: RuntimeDefault
 {{- end -}}
 
 {{/* The monitoring port and the probes on it (`/readyz`, `/healthz`). */}}
@@ -98,7 +102,17 @@ livenessProbe:
   failureThreshold: 3
 {{- end -}}
 
-{{/* ServiceAccount of a component: no API token mounted, the services do not call the API server yet. */}}
+{{/*
+Whether a component's code calls the API server (rbac-needs.yaml `calls_api_server`, which
+check_rendered.py keeps in step with the crate's sources): only then is an API token mounted.
+*/}}
+{{- define "mesh.callsApiServer" -}}
+{{- $needs := .root.Files.Get "rbac-needs.yaml" | fromYaml -}}
+{{- $n := index $needs .component | default dict -}}
+{{- if $n.calls_api_server }}true{{ else }}false{{ end -}}
+{{- end -}}
+
+{{/* ServiceAccount of a component: an API token only for a component that calls the API server. */}}
 {{- define "mesh.serviceAccount" -}}
 apiVersion: v1
 kind: ServiceAccount
@@ -107,12 +121,30 @@ metadata:
   namespace: {{ .root.Release.Namespace }}
   labels:
     {{- include "mesh.labels" . | nindent 4 }}
-automountServiceAccountToken: false
+automountServiceAccountToken: {{ include "mesh.callsApiServer" . }}
 {{- end -}}
 
-{{/* PodDisruptionBudget for a component with more than one replica. */}}
+{{/* Smallest number of pods a component runs: its HPA's minReplicas, else its replicas. */}}
+{{- define "mesh.minReplicas" -}}
+{{- $v := index .root.Values (.valuesKey | default .component) -}}
+{{- if and $v.autoscaling $v.autoscaling.enabled -}}
+{{- int $v.autoscaling.minReplicas -}}
+{{- else -}}
+{{- int $v.replicas -}}
+{{- end -}}
+{{- end -}}
+
+{{/* `replicas:` of a Deployment, left out when an HPA owns the count. */}}
+{{- define "mesh.replicas" -}}
+{{- $v := index .root.Values (.valuesKey | default .component) -}}
+{{- if not (and $v.autoscaling $v.autoscaling.enabled) -}}
+replicas: {{ $v.replicas }}
+{{- end -}}
+{{- end -}}
+
+{{/* PodDisruptionBudget for a component that runs more than one pod. */}}
 {{- define "mesh.pdb" -}}
-{{- if gt (int (index .root.Values .component).replicas) 1 }}
+{{- if gt (int (include "mesh.minReplicas" .)) 1 }}
 apiVersion: policy/v1
 kind: PodDisruptionBudget
 metadata:
@@ -128,11 +160,56 @@ spec:
 {{- end }}
 {{- end -}}
 
+{{/* HorizontalPodAutoscaler (CPU utilisation) for a component whose autoscaling is on. */}}
+{{- define "mesh.hpa" -}}
+{{- $a := (index .root.Values (.valuesKey | default .component)).autoscaling -}}
+{{- if $a.enabled }}
+{{- if lt (int $a.maxReplicas) (int $a.minReplicas) }}
+{{- fail (printf "%s.autoscaling: maxReplicas %d is below minReplicas %d" .component (int $a.maxReplicas) (int $a.minReplicas)) }}
+{{- end }}
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ include "mesh.componentName" . }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "mesh.labels" . | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ include "mesh.componentName" . }}
+  minReplicas: {{ $a.minReplicas }}
+  maxReplicas: {{ $a.maxReplicas }}
+  metrics:
+    - type: Resource
+      resource:
+        name: cpu
+        target:
+          type: Utilization
+          averageUtilization: {{ $a.targetCPUUtilizationPercentage }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod annotations: Prometheus scraping of a port's /metrics. Call with (dict "root" $ "port" 15014). */}}
+{{- define "mesh.podAnnotations" -}}
+{{- if .root.Values.prometheusScrape -}}
+annotations:
+  prometheus.io/scrape: "true"
+  prometheus.io/port: {{ .port | quote }}
+  prometheus.io/path: /metrics
+{{- end }}
+{{- end -}}
+
 {{/* Refuses replica counts a component cannot run with yet. */}}
 {{- define "mesh.singleReplica" -}}
-{{- $n := int (index .root.Values .component).replicas -}}
+{{- $v := index .root.Values (.valuesKey | default .component) -}}
+{{- $n := int $v.replicas -}}
 {{- if gt $n 1 -}}
 {{- fail (printf "%s.replicas is %d: %s runs as one replica until its state is shared (see charts/README.md)" .component $n .component) -}}
+{{- end -}}
+{{- if and $v.autoscaling $v.autoscaling.enabled -}}
+{{- fail (printf "%s.autoscaling.enabled: %s runs as one replica until its state is shared (see charts/README.md)" .component .component) -}}
 {{- end -}}
 {{- end -}}
 
@@ -140,5 +217,56 @@ spec:
 {{- define "mesh.validateValues" -}}
 {{- if not .Values.policyCheckFailOpen -}}
 {{- fail "policyCheckFailOpen=false is not supported yet: the proxy always fails open when Mixer is unreachable (docs/contracts.md)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+TLS of a component's admission webhook, as YAML: caBundle (base64 PEM), secretName, generated,
+and when generated tlsCrt/tlsKey (base64 PEM). Call with
+(dict "root" $ "component" "galley" "webhook" .Values.galley.validationWebhook).
+With webhook.caBundle the serving certificate is the user's (webhook.existingSecret). Without,
+a CA and a serving certificate for the component's Service DNS names are made with genCA and
+genSignedCert, and reused from the existing Secret on upgrade (lookup; `helm template` cannot
+look up, so it makes new ones each time).
+*/}}
+{{- define "mesh.webhookTLS" -}}
+{{- $svc := include "mesh.componentName" . -}}
+{{- $ns := .root.Release.Namespace -}}
+{{- $name := printf "%s-webhook-tls" $svc | trunc 63 | trimSuffix "-" -}}
+{{- if .webhook.caBundle -}}
+{{- if not .webhook.existingSecret -}}
+{{- fail (printf "%s: caBundle is set, so existingSecret must name the TLS Secret its certificate is in" .component) -}}
+{{- end -}}
+caBundle: {{ if contains "-----BEGIN" .webhook.caBundle }}{{ b64enc .webhook.caBundle }}{{ else }}{{ .webhook.caBundle }}{{ end }}
+secretName: {{ .webhook.existingSecret }}
+generated: false
+{{- else -}}
+{{- if .webhook.existingSecret -}}
+{{- fail (printf "%s: existingSecret is set, so caBundle must hold the CA that signed its certificate" .component) -}}
+{{- end -}}
+{{- $old := lookup "v1" "Secret" $ns $name -}}
+{{- if and $old $old.data (hasKey $old.data "ca.crt") (hasKey $old.data "tls.crt") (hasKey $old.data "tls.key") -}}
+caBundle: {{ index $old.data "ca.crt" }}
+tlsCrt: {{ index $old.data "tls.crt" }}
+tlsKey: {{ index $old.data "tls.key" }}
+{{- else -}}
+{{- $ca := genCA (printf "%s-webhook-ca" $svc) 3650 -}}
+{{- $dns := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) -}}
+{{- $cert := genSignedCert (printf "%s.%s.svc" $svc $ns) nil $dns 3650 $ca -}}
+caBundle: {{ $ca.Cert | b64enc }}
+tlsCrt: {{ $cert.Cert | b64enc }}
+tlsKey: {{ $cert.Key | b64enc }}
+{{- end }}
+secretName: {{ $name }}
+generated: true
+{{- end -}}
+{{- end -}}
+
+{{/* Name of the Secret a component's webhook serving certificate is in. Same call as mesh.webhookTLS. */}}
+{{- define "mesh.webhookSecretName" -}}
+{{- if .webhook.existingSecret -}}
+{{- .webhook.existingSecret -}}
+{{- else -}}
+{{- printf "%s-webhook-tls" (include "mesh.componentName" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}

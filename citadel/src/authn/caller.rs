@@ -1,5 +1,8 @@
 //! The credentials a request carries and the identity they prove.
 
+use std::sync::Arc;
+
+use rustls_pki_types::CertificateDer;
 use tonic::metadata::MetadataMap;
 
 /// The credentials found on one request.
@@ -8,6 +11,9 @@ use tonic::metadata::MetadataMap;
 pub struct CallerInfo {
     /// The token from `authorization: Bearer <token>`, if any.
     pub bearer: Option<String>,
+    /// The client certificate chain (leaf first) presented on the TLS listener, already
+    /// verified to the trust bundle during the handshake; empty without one.
+    pub peer_chain: Arc<Vec<CertificateDer<'static>>>,
 }
 
 impl std::fmt::Debug for CallerInfo {
@@ -15,6 +21,7 @@ impl std::fmt::Debug for CallerInfo {
         // Tokens are never printed.
         f.debug_struct("CallerInfo")
             .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .field("peer_chain", &self.peer_chain.len())
             .finish()
     }
 }
@@ -32,14 +39,24 @@ impl CallerInfo {
                     .then(|| token.trim().to_string())
             })
             .filter(|t| !t.is_empty());
-        CallerInfo { bearer }
+        CallerInfo {
+            bearer,
+            peer_chain: Arc::default(),
+        }
     }
 
     /// Credentials carrying only a bearer token.
     pub fn with_bearer(token: impl Into<String>) -> Self {
         CallerInfo {
             bearer: Some(token.into()),
+            peer_chain: Arc::default(),
         }
+    }
+
+    /// These credentials plus the client certificate chain of the connection.
+    pub fn with_peer_chain(mut self, chain: Arc<Vec<CertificateDer<'static>>>) -> Self {
+        self.peer_chain = chain;
+        self
     }
 }
 

@@ -39,7 +39,10 @@ impl Authenticators {
             }
         }
         if reasons.is_empty() {
-            Err("no credential: expected authorization: Bearer <token>".to_string())
+            Err(
+                "no credential: expected a client certificate or authorization: Bearer <token>"
+                    .to_string(),
+            )
         } else {
             Err(reasons.join("; "))
         }

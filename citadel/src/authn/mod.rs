@@ -5,17 +5,22 @@
 //!
 //! - [`caller`]: the credentials a request carries, and the identity an authenticator returns.
 //! - [`chain`]: [`Authenticators`], trying each in turn.
+//! - [`peer_cert`]: renewal by a caller presenting its current mesh certificate on the TLS
+//!   listener.
+//! - [`tokenreview`]: Kubernetes service-account JWTs checked by TokenReview (audience
+//!   `istio-ca`).
 //! - [`local_token`]: tokens signed by Citadel's local issuer key (local mode).
 //!
-//! Still to be written, and plugged in here as further [`Authenticator`]s: Kubernetes
-//! TokenReview of service-account JWTs (audience `istio-ca`), and renewal by a caller presenting
-//! its current mesh certificate over mTLS (which needs a TLS listener that records the client's
-//! chain in [`CallerInfo`]).
+//! Citadel tries them in that order.
 
 pub mod caller;
 pub mod chain;
 pub mod local_token;
+pub mod peer_cert;
+pub mod tokenreview;
 
 pub use caller::{Authenticated, Authenticator, AuthnError, CallerInfo};
 pub use chain::Authenticators;
 pub use local_token::LocalTokenAuthenticator;
+pub use peer_cert::PeerCertificateAuthenticator;
+pub use tokenreview::TokenReviewAuthenticator;

@@ -5,6 +5,12 @@
 //! Plug-in mode (Istio's `cacerts` layout): when `cert-chain.pem` and `root-cert.pem` sit beside
 //! `ca-cert.pem`/`ca-key.pem`, `ca-cert.pem` is an intermediate and issued chains are
 //! leaf → intermediate(s) → root.
+//!
+//! Trust bundle: the signing root plus extra roots, so a root can be rotated without an outage
+//! (see docs/security.md): `extra-roots.pem` in the state directory (or a file named on the
+//! command line), and any further roots in a plug-in's `root-cert.pem` (Istio's combined-root
+//! layout). Issued chains end with the extra roots and then the signing root, one certificate
+//! per element, as Istio appends its root bundle.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -22,6 +28,7 @@ pub const CA_CERT_FILE: &str = "ca-cert.pem";
 pub const CA_KEY_FILE: &str = "ca-key.pem";
 pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+pub const EXTRA_ROOTS_FILE: &str = "extra-roots.pem";
 
 /// Lifetime of a generated root.
 pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -57,6 +64,8 @@ pub struct CertificateAuthority {
     pub(crate) chain_after_leaf: Vec<String>,
     pub(crate) signing_not_after: SystemTime,
     root_pem: String,
+    /// Roots trusted beside the signing root (PEM), distinct from it and from each other.
+    extra_roots: Vec<String>,
     plugged_in: bool,
 }
 
@@ -65,6 +74,7 @@ impl std::fmt::Debug for CertificateAuthority {
         f.debug_struct("CertificateAuthority")
             .field("plugged_in", &self.plugged_in)
             .field("chain_len", &self.chain_after_leaf.len())
+            .field("extra_roots", &self.extra_roots.len())
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +114,68 @@ impl CertificateAuthority {
     /// The certificates following a leaf in an issued chain (intermediates, then the root).
     pub fn chain_after_leaf(&self) -> &[String] {
         &self.chain_after_leaf
+    }
+
+    /// Roots trusted beside the signing root (PEM).
+    pub fn extra_roots(&self) -> &[String] {
+        &self.extra_roots
+    }
+
+    /// Every trusted root, the signing root first (PEM, one certificate each).
+    pub fn trust_bundle(&self) -> Vec<String> {
+        std::iter::once(self.root_pem.clone())
+            .chain(self.extra_roots.iter().cloned())
+            .collect()
+    }
+
+    /// The trust bundle as one PEM document (what `/roots.pem` serves).
+    pub fn trust_bundle_pem(&self) -> String {
+        self.trust_bundle().concat()
+    }
+
+    /// Every trusted root, DER (for verifying callers' certificates).
+    pub fn trust_bundle_der(&self) -> Vec<CertificateDer<'static>> {
+        self.trust_bundle()
+            .iter()
+            .filter_map(|pem| {
+                let mut r = pem.as_bytes();
+                rustls_pemfile::certs(&mut r).next().and_then(Result::ok)
+            })
+            .collect()
+    }
+
+    /// Adds the self-signed CA certificates in `path` to the trust bundle (duplicates ignored).
+    pub fn add_extra_roots_file(&mut self, path: &Path) -> Result<(), CaError> {
+        for der in read_certs(path)? {
+            self.add_extra_root(path, &der)?;
+        }
+        Ok(())
+    }
+
+    fn add_extra_root(&mut self, path: &Path, der: &CertificateDer<'_>) -> Result<(), CaError> {
+        let cert = parse(path, der)?;
+        if !is_ca(&cert) {
+            return Err(invalid(
+                path,
+                format!("{} is not a CA certificate", cert.subject()),
+            ));
+        }
+        cert.verify_signature(None).map_err(|_| {
+            invalid(
+                path,
+                format!("{} is not a self-signed root", cert.subject()),
+            )
+        })?;
+        let pem = to_pem(der);
+        if pem != self.root_pem && !self.extra_roots.contains(&pem) {
+            tracing::info!(
+                path = %path.display(),
+                subject = %cert.subject(),
+                "trusting an extra root"
+            );
+            self.extra_roots.push(pem);
+        }
+        Ok(())
     }
 
     fn generate(state_dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
@@ -189,18 +261,43 @@ impl CertificateAuthority {
             }
         };
 
+        let mut other_roots = Vec::new();
         let chain: Vec<CertificateDer<'static>> = if plugged_in {
-            let root = read_certs(&root_path)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| invalid(&root_path, "no certificate"))?;
+            // root-cert.pem may hold several roots (Istio's combined root during a rotation):
+            // the one the chain leads to is the signing root, the others are extra roots.
+            let roots = read_certs(&root_path)?;
+            if roots.is_empty() {
+                return Err(invalid(&root_path, "no certificate"));
+            }
             let mut chain: Vec<CertificateDer<'static>> = read_certs(&chain_path)?
                 .into_iter()
-                .filter(|c| *c != root)
+                .filter(|c| !roots.contains(c))
                 .collect();
             if chain.first() != Some(&signing) {
                 chain.insert(0, signing.clone());
             }
+            let top = chain
+                .last()
+                .cloned()
+                .ok_or_else(|| invalid(&chain_path, "no certificate"))?;
+            let top_x509 = parse(&chain_path, &top)?;
+            let root = roots
+                .iter()
+                .find(|r| {
+                    parse(&root_path, r)
+                        .is_ok_and(|p| top_x509.verify_signature(Some(p.public_key())).is_ok())
+                })
+                .cloned()
+                .ok_or_else(|| {
+                    invalid(
+                        &chain_path,
+                        format!(
+                            "{} is not signed by any certificate in {ROOT_CERT_FILE}",
+                            top_x509.subject()
+                        ),
+                    )
+                })?;
+            other_roots = roots.into_iter().filter(|r| *r != root).collect();
             chain.push(root);
             // Each certificate must be signed by the next; the root by itself.
             for pair in chain.windows(2) {
@@ -240,13 +337,22 @@ impl CertificateAuthority {
             chain_len = chain_after_leaf.len(),
             "loaded CA"
         );
-        Ok(CertificateAuthority {
+        let mut ca = CertificateAuthority {
             issuer,
             chain_after_leaf,
             signing_not_after,
             root_pem,
+            extra_roots: Vec::new(),
             plugged_in,
-        })
+        };
+        for der in &other_roots {
+            ca.add_extra_root(&root_path, der)?;
+        }
+        let extra_path = state_dir.join(EXTRA_ROOTS_FILE);
+        if extra_path.exists() {
+            ca.add_extra_roots_file(&extra_path)?;
+        }
+        Ok(ca)
     }
 }
 

@@ -37,7 +37,8 @@ pub(crate) fn random_serial() -> SerialNumber {
 impl CertificateAuthority {
     /// Issues a leaf certificate for `id`, valid `ttl` from now (backdated a minute), with the
     /// CSR's public key. Everything else in the CSR (subject, SANs, extensions) is ignored. The
-    /// result is the chain in PEM: leaf, any intermediates, root.
+    /// result is the chain in PEM, one certificate per element: leaf, any intermediates, any
+    /// extra roots of the trust bundle, the signing root.
     pub fn sign(
         &self,
         csr_pem: &str,
@@ -80,10 +81,24 @@ impl CertificateAuthority {
         let leaf = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(SignError::Sign)?;
-        let mut chain = Vec::with_capacity(1 + self.chain_after_leaf.len());
-        chain.push(leaf.pem());
-        chain.extend(self.chain_after_leaf.iter().cloned());
-        Ok(chain)
+        Ok(self.response_chain(leaf.pem()))
+    }
+
+    /// The chain returned for `leaf_pem`: the leaf, the intermediates, the extra roots of the
+    /// trust bundle, and the signing root last (so a client taking the last certificate as its
+    /// root still gets the one its leaf chains to).
+    fn response_chain(&self, leaf_pem: String) -> Vec<String> {
+        let (root, intermediates) = match self.chain_after_leaf.split_last() {
+            Some((root, rest)) => (Some(root), rest),
+            None => (None, &[][..]),
+        };
+        let mut chain =
+            Vec::with_capacity(1 + self.chain_after_leaf.len() + self.extra_roots().len());
+        chain.push(leaf_pem);
+        chain.extend(intermediates.iter().cloned());
+        chain.extend(self.extra_roots().iter().cloned());
+        chain.extend(root.cloned());
+        chain
     }
 }
 
@@ -281,6 +296,48 @@ mod tests {
             .verify_signature(Some(certs[2].public_key()))
             .unwrap();
         assert!(certs[0].issuer().to_string().contains("Mesh Intermediate"));
+    }
+
+    #[test]
+    fn combined_root_file_and_extra_roots_form_the_trust_bundle() {
+        // Istio's rotation layout: root-cert.pem holds the old and the new root.
+        let dir = tempfile::tempdir().unwrap();
+        let root_pem = plug_in(dir.path());
+        let other = tempfile::tempdir().unwrap();
+        let next_root = plug_in(other.path());
+        std::fs::write(
+            dir.path().join(ROOT_CERT_FILE),
+            next_root.clone() + &root_pem,
+        )
+        .unwrap();
+        let ca = CertificateAuthority::load_or_create(dir.path(), "cluster.local").unwrap();
+        assert_eq!(
+            ca.root_cert_pem(),
+            root_pem,
+            "the root the chain leads to signs"
+        );
+        assert_eq!(ca.trust_bundle(), vec![root_pem.clone(), next_root.clone()]);
+        assert_eq!(ca.trust_bundle_der().len(), 2);
+        let (_, csr) = csr_claiming(&[], "x");
+        let chain = ca.sign(&csr, &reviews(), Duration::from_secs(60)).unwrap();
+        assert_eq!(chain.len(), 4);
+        assert_eq!(chain[2], next_root);
+        assert_eq!(chain[3], root_pem);
+
+        // The same root twice is trusted once; a non-CA or non-root certificate is refused.
+        let mut ca = ca;
+        let again = dir.path().join("again.pem");
+        std::fs::write(&again, next_root.clone() + &root_pem).unwrap();
+        ca.add_extra_roots_file(&again).unwrap();
+        assert_eq!(ca.trust_bundle().len(), 2);
+        let leaf = dir.path().join("leaf.pem");
+        std::fs::write(&leaf, &chain[0]).unwrap();
+        let err = ca.add_extra_roots_file(&leaf).unwrap_err();
+        assert!(err.to_string().contains("not a CA"), "{err}");
+        let intermediate = dir.path().join("int.pem");
+        std::fs::write(&intermediate, &chain[1]).unwrap();
+        let err = ca.add_extra_roots_file(&intermediate).unwrap_err();
+        assert!(err.to_string().contains("not a self-signed root"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,11 @@ use std::time::Duration;
 
 /// The requested lifetime was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("requested certificate lifetime {requested_secs}s exceeds the maximum {max_secs}s")]
+#[error(
+    "requested TTL {} is greater than the max allowed TTL {} (--max-ttl)",
+    humantime::format_duration(std::time::Duration::from_secs(requested_secs.unsigned_abs())),
+    humantime::format_duration(std::time::Duration::from_secs(*max_secs))
+)]
 pub struct TtlError {
     pub requested_secs: i64,
     pub max_secs: u64,
@@ -57,6 +61,11 @@ mod tests {
                 requested_secs: 7 * 86400 + 1,
                 max_secs: 7 * 86400
             })
+        );
+        // The refusal names the limit, as Istio's does.
+        assert_eq!(
+            p.resolve(8 * 86400).unwrap_err().to_string(),
+            "requested TTL 8days is greater than the max allowed TTL 7days (--max-ttl)"
         );
     }
 }
