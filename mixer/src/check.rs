@@ -70,19 +70,54 @@ pub fn word_count(global_word_count: u32) -> Result<usize, RequestError> {
     }
 }
 
-/// Answers one Check request against `policy`.
+/// One quota allocation a Check asks for: which rule action serves it and with which
+/// instance dimensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaCall {
+    /// The quota name of the CheckRequest.
+    pub quota: String,
+    /// Index of the rule and of its action in the policy.
+    pub rule: usize,
+    pub action: usize,
+    /// The instance's full name (`requestcountquota.instance.istio-system`).
+    pub instance: String,
+    pub dimensions: BTreeMap<String, String>,
+    /// What the rule's match and the dimensions read.
+    pub references: BTreeSet<Reference>,
+}
+
+/// The request decoded and decided: the response without quota results, and the quota
+/// allocations to make (only when the precondition is OK, as Istio does).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub response: CheckResponse,
+    pub quota_calls: Vec<QuotaCall>,
+}
+
+/// Answers one Check request against `policy`, granting every requested quota in full (no
+/// quota adapter consulted). See [`check_with_quotas`] for the quota allocations.
 pub fn check(policy: &Policy, req: &CheckRequest) -> Result<CheckResponse, RequestError> {
+    Ok(check_with_quotas(policy, req)?.response)
+}
+
+/// Decodes and decides `req`: the precondition, and for each requested quota either the quota
+/// calls to make or (no rule serves it) the whole amount granted, as Istio does.
+pub fn check_with_quotas(policy: &Policy, req: &CheckRequest) -> Result<Checked, RequestError> {
     let words = word_count(req.global_word_count)?;
     let bag = match &req.attributes {
         Some(a) => decompress_with_word_count(a, words)?,
         None => Bag::new(),
     };
-    let d = decide(policy, &bag);
-    let quotas = req
-        .quotas
-        .iter()
-        .map(|(name, q)| {
-            (
+    mesh_proto::attributes::check_types(&bag)?;
+    let names: BTreeSet<&str> = req.quotas.keys().map(String::as_str).collect();
+    let (d, calls) = decide_with_quotas(policy, &bag, &names);
+    let mut quotas = HashMap::new();
+    if d.code == 0 {
+        for (name, q) in &req.quotas {
+            if calls.iter().any(|c| &c.quota == name) {
+                continue;
+            }
+            quotas.insert(
                 name.clone(),
                 QuotaResult {
                     valid_duration: Some(proto_duration(DEFAULT_VALID_DURATION)),
@@ -90,10 +125,10 @@ pub fn check(policy: &Policy, req: &CheckRequest) -> Result<CheckResponse, Reque
                     status: Some(RpcStatus::default()),
                     referenced_attributes: Some(ReferencedAttributes::default()),
                 },
-            )
-        })
-        .collect();
-    Ok(CheckResponse {
+            );
+        }
+    }
+    let response = CheckResponse {
         precondition: Some(PreconditionResult {
             status: Some(RpcStatus {
                 code: d.code,
@@ -106,18 +141,65 @@ pub fn check(policy: &Policy, req: &CheckRequest) -> Result<CheckResponse, Reque
             route_directive: None,
         }),
         quotas,
+    };
+    Ok(Checked {
+        response,
+        quota_calls: if d.code == 0 { calls } else { Vec::new() },
     })
 }
 
-fn proto_duration(d: Duration) -> prost_types::Duration {
+pub(crate) fn proto_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,
     }
 }
 
+/// The rules that apply to `bag` (namespace scope and `match`), by index; what was read is
+/// added to `refs`.
+pub fn matching_rules(policy: &Policy, bag: &Bag, refs: &mut Vec<Reference>) -> Vec<usize> {
+    let scoped = policy
+        .rules
+        .iter()
+        .any(|r| r.namespace != DEFAULT_CONFIG_NAMESPACE);
+    let dest_ns = if scoped {
+        destination_namespace(bag, refs)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    for (i, rule) in policy.rules.iter().enumerate() {
+        if rule.namespace != DEFAULT_CONFIG_NAMESPACE
+            && dest_ns.as_deref() != Some(rule.namespace.as_str())
+        {
+            continue;
+        }
+        let ev = evaluate(&rule.matcher, bag);
+        refs.extend(ev.references);
+        match ev.result {
+            Ok(true) => out.push(i),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(rule = %rule.key, error = %e, "match not evaluated; rule skipped");
+            }
+        }
+    }
+    out
+}
+
 /// Evaluates every rule that applies to `bag`'s destination.
 pub fn decide(policy: &Policy, sent: &Bag) -> Decision {
+    decide_with_quotas(policy, sent, &BTreeSet::new()).0
+}
+
+/// Evaluates the rules for the precondition, and collects the quota calls for `quotas` (the
+/// quota names requested): each action of a matching rule whose handler counts quotas, for
+/// each of its instances whose short name is a requested quota.
+pub fn decide_with_quotas(
+    policy: &Policy,
+    sent: &Bag,
+    quotas: &BTreeSet<&str>,
+) -> (Decision, Vec<QuotaCall>) {
     let (bag, generated) = with_workload_attributes(policy, sent);
     let mut refs: Vec<Reference> = Vec::new();
     let mut decision = Decision {
@@ -127,35 +209,13 @@ pub fn decide(policy: &Policy, sent: &Bag) -> Decision {
         valid_use_count: DEFAULT_VALID_USE_COUNT,
         references: BTreeSet::new(),
     };
-    let scoped = policy
-        .rules
-        .iter()
-        .any(|r| r.namespace != DEFAULT_CONFIG_NAMESPACE);
-    let dest_ns = if scoped {
-        destination_namespace(&bag, &mut refs)
-    } else {
-        None
-    };
+    let mut calls = Vec::new();
     let mut denied = false;
-    for rule in &policy.rules {
-        if rule.namespace != DEFAULT_CONFIG_NAMESPACE
-            && dest_ns.as_deref() != Some(rule.namespace.as_str())
-        {
-            continue;
-        }
-        let ev = evaluate(&rule.matcher, &bag);
-        refs.extend(ev.references);
-        let matched = match ev.result {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(rule = %rule.key, error = %e, "match not evaluated; rule skipped");
-                false
-            }
-        };
-        if !matched {
-            continue;
-        }
-        for action in &rule.actions {
+    let rules = matching_rules(policy, &bag, &mut refs);
+    let match_refs: BTreeSet<Reference> = refs.iter().cloned().collect();
+    for ri in rules {
+        let rule = &policy.rules[ri];
+        for (ai, action) in rule.actions.iter().enumerate() {
             let verdicts: Vec<Verdict> = match &action.adapter {
                 Adapter::Denier(p) => vec![p.check()],
                 Adapter::List(p) => action
@@ -174,7 +234,47 @@ pub fn decide(policy: &Policy, sent: &Bag) -> Decision {
                         p.check(value.as_ref())
                     })
                     .collect(),
-                Adapter::Ignored { .. } => Vec::new(),
+                Adapter::MemQuota(_) | Adapter::RedisQuota(_) => {
+                    for inst in &action.instances {
+                        if !quotas.contains(inst.short_name()) {
+                            continue;
+                        }
+                        let mut call_refs = match_refs.clone();
+                        let mut dimensions = BTreeMap::new();
+                        let mut ok = true;
+                        for (name, e) in &inst.dimensions {
+                            let ev = evaluate_value(e, &bag);
+                            call_refs.extend(ev.references);
+                            match ev.result {
+                                Ok(v) => {
+                                    dimensions.insert(
+                                        name.clone(),
+                                        crate::adapter::prometheus::label_value(&v),
+                                    );
+                                }
+                                Err(err) => {
+                                    tracing::debug!(instance = %inst.key, dimension = %name, error = %err, "quota dimension not evaluated; quota not applied");
+                                    ok = false;
+                                }
+                            }
+                        }
+                        if ok {
+                            calls.push(QuotaCall {
+                                quota: inst.short_name().to_string(),
+                                rule: ri,
+                                action: ai,
+                                instance: inst.full_name(),
+                                dimensions,
+                                references: call_refs
+                                    .into_iter()
+                                    .map(|r| client_reference(&generated, r))
+                                    .collect(),
+                            });
+                        }
+                    }
+                    Vec::new()
+                }
+                Adapter::Prometheus(_) | Adapter::Ignored { .. } => Vec::new(),
             };
             for v in verdicts {
                 decision.valid_duration = decision.valid_duration.min(v.valid_duration);
@@ -189,19 +289,23 @@ pub fn decide(policy: &Policy, sent: &Bag) -> Decision {
             }
         }
     }
-    // A generated attribute was derived from a uid the client sent: that uid is the reference.
     decision.references = refs
         .into_iter()
-        .map(|r| match generated.get(&r.name) {
-            Some(uid) => Reference {
-                name: uid.clone(),
-                map_key: None,
-                present: true,
-            },
-            None => r,
-        })
+        .map(|r| client_reference(&generated, r))
         .collect();
-    decision
+    (decision, calls)
+}
+
+/// A generated attribute was derived from a uid the client sent: that uid is the reference.
+fn client_reference(generated: &HashMap<String, String>, r: Reference) -> Reference {
+    match generated.get(&r.name) {
+        Some(uid) => Reference {
+            name: uid.clone(),
+            map_key: None,
+            present: true,
+        },
+        None => r,
+    }
 }
 
 /// The destination's namespace: from `destination.service.host` (`name.ns.svc...`), else
@@ -229,7 +333,7 @@ fn destination_namespace(bag: &Bag, refs: &mut Vec<Reference>) -> Option<String>
 /// from the pod named by the `.uid` attribute, where the client did not send them (what Istio's
 /// kubernetesenv adapter does), and `source.user` from `source.principal`. Returns the bag and, per generated attribute, the uid attribute
 /// it came from.
-fn with_workload_attributes(policy: &Policy, sent: &Bag) -> (Bag, HashMap<String, String>) {
+pub fn with_workload_attributes(policy: &Policy, sent: &Bag) -> (Bag, HashMap<String, String>) {
     let mut bag = sent.clone();
     let mut generated = HashMap::new();
     for side in ["source", "destination"] {
@@ -531,6 +635,88 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn quota_calls_carry_dimensions_and_skip_denied_requests() {
+        let mut s = ConfigState::default();
+        s.handlers.insert(
+            "istio-system/quotahandler".into(),
+            HandlerSpec {
+                compiled_adapter: Some("memquota".into()),
+                params: Some(json!({"quotas": [{"name": "rq.instance.istio-system", "maxAmount": 1, "validDuration": "5s"}]})),
+                ..Default::default()
+            },
+        );
+        s.instances.insert(
+            "istio-system/rq".into(),
+            mesh_proto::config::InstanceSpec {
+                compiled_template: Some("quota".into()),
+                params: Some(json!({"dimensions": {"path": "request.path | \"none\""}})),
+                ..Default::default()
+            },
+        );
+        s.rules.insert(
+            "istio-system/quota".into(),
+            RuleSpec {
+                actions: vec![RuleAction {
+                    handler: "quotahandler".into(),
+                    instances: vec!["rq".into()],
+                    name: None,
+                }],
+                ..Default::default()
+            },
+        );
+        let p = Policy::compile(&s);
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        let names = BTreeSet::from(["rq"]);
+        let (d, calls) = decide_with_quotas(&p, &Bag::new().with("request.path", "/x"), &names);
+        assert_eq!(d.code, 0);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].instance, "rq.instance.istio-system");
+        assert_eq!(calls[0].dimensions["path"], "/x");
+        assert!(calls[0].references.iter().any(|r| r.name == "request.path"));
+        // Not requested: no call.
+        let (_, calls) = decide_with_quotas(&p, &Bag::new(), &BTreeSet::from(["other"]));
+        assert!(calls.is_empty());
+
+        // A denied request allocates nothing (and answers no quota).
+        s.handlers.insert(
+            "istio-system/deny".into(),
+            HandlerSpec {
+                compiled_adapter: Some("denier".into()),
+                ..Default::default()
+            },
+        );
+        s.rules.insert(
+            "istio-system/deny".into(),
+            RuleSpec {
+                actions: vec![RuleAction {
+                    handler: "deny".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        let p = Policy::compile(&s);
+        let req = CheckRequest {
+            quotas: [(
+                "rq".to_string(),
+                mesh_proto::istio::mixer::v1::check_request::QuotaParams {
+                    amount: 1,
+                    best_effort: false,
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let checked = check_with_quotas(&p, &req).unwrap();
+        assert_eq!(
+            checked.response.precondition.unwrap().status.unwrap().code,
+            7
+        );
+        assert!(checked.quota_calls.is_empty());
+        assert!(checked.response.quotas.is_empty());
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Mixer: Check and Report over `istio.mixer.v1`, policy from galley over MCP.
 //!
 //! - [`expr`]: the expression language of rule `match` clauses (a CEXL subset).
-//! - [`adapter`]: the in-process adapters (`denier`, `listchecker`).
+//! - [`adapter`]: the in-process adapters (`denier`, `listchecker`, `memquota`, `redisquota`,
+//!   `prometheus`).
 //! - [`config`]: the MCP sink, the typed config it keeps and the policy compiled from it.
 //! - [`check`]: answering Check: decode, workload attributes, rules, referenced attributes.
-//! - [`report`]: answering Report: delta-decoded batches, counted per destination service.
+//! - [`quota`]: quota allocation for Check through the memquota/redisquota handlers.
+//! - [`report`]: answering Report: delta-decoded batches, counted per destination service, fed
+//!   to the prometheus adapter.
 //! - [`dedup`]: the bounded memory of Check deduplication ids.
 //! - [`server`]: the gRPC service.
 //! - [`metrics`]: Prometheus metrics.
@@ -18,6 +21,7 @@ pub mod config;
 pub mod dedup;
 pub mod expr;
 pub mod metrics;
+pub mod quota;
 pub mod report;
 pub mod server;
 pub mod service;

@@ -1,9 +1,15 @@
 //! Report: decode every bag of the batch (delta-encoded) and count what was reported.
 
+use std::collections::HashMap;
+
 use mesh_proto::attributes::{Bag, decompress_report_with_word_count};
 use mesh_proto::istio::mixer::v1::ReportRequest;
 
-use crate::check::{RequestError, word_count};
+use crate::adapter::Adapter;
+use crate::adapter::prometheus::PrometheusSink;
+use crate::check::{RequestError, matching_rules, with_workload_attributes, word_count};
+use crate::config::Policy;
+use crate::expr::evaluate_value;
 use crate::metrics::MixerMetrics;
 
 /// The label used when a bag does not say which service it is about.
@@ -14,6 +20,9 @@ pub const UNKNOWN_SERVICE: &str = "unknown";
 pub fn report(req: &ReportRequest, metrics: &MixerMetrics) -> Result<Vec<Bag>, RequestError> {
     let words = word_count(req.global_word_count)?;
     let bags = decompress_report_with_word_count(req, words)?;
+    for bag in &bags {
+        mesh_proto::attributes::check_types(bag)?;
+    }
     for bag in &bags {
         let service = bag
             .get_string("destination.service.host")
@@ -27,6 +36,52 @@ pub fn report(req: &ReportRequest, metrics: &MixerMetrics) -> Result<Vec<Bag>, R
         );
     }
     Ok(bags)
+}
+
+/// Runs the telemetry rules for each bag: every `metric` instance of a matching rule whose
+/// handler is `prometheus` is evaluated and recorded. An instance whose value or a dimension
+/// cannot be evaluated is skipped (logged at debug).
+pub fn dispatch_metrics(policy: &Policy, bags: &[Bag], sink: &PrometheusSink) {
+    for sent in bags {
+        let (bag, _) = with_workload_attributes(policy, sent);
+        let mut refs = Vec::new();
+        for ri in matching_rules(policy, &bag, &mut refs) {
+            for action in &policy.rules[ri].actions {
+                let Adapter::Prometheus(params) = &action.adapter else {
+                    continue;
+                };
+                for inst in &action.instances {
+                    let full = inst.full_name();
+                    let Some(metric) = params.metrics.iter().find(|m| m.instance_name == full)
+                    else {
+                        continue;
+                    };
+                    let Some(value_expr) = &inst.value else {
+                        continue;
+                    };
+                    let value = match evaluate_value(value_expr, &bag).result {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::debug!(instance = %inst.key, error = %e, "metric value not evaluated");
+                            continue;
+                        }
+                    };
+                    let mut dims = HashMap::with_capacity(inst.dimensions.len());
+                    for (name, e) in &inst.dimensions {
+                        match evaluate_value(e, &bag).result {
+                            Ok(v) => {
+                                dims.insert(name.clone(), v);
+                            }
+                            Err(err) => {
+                                tracing::debug!(instance = %inst.key, dimension = %name, error = %err, "metric dimension not evaluated");
+                            }
+                        }
+                    }
+                    sink.record(metric, &value, &dims);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

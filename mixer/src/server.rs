@@ -9,34 +9,49 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 use crate::adapter::code_name;
-use crate::check::check;
+use crate::adapter::prometheus::PrometheusSink;
+use crate::check::check_with_quotas;
 use crate::config::PolicyHandle;
 use crate::dedup::Dedup;
 use crate::metrics::MixerMetrics;
-use crate::report::report;
+use crate::quota::QuotaBackends;
+use crate::report::{dispatch_metrics, report};
 
 /// How many Check deduplication ids are remembered.
 pub const DEDUP_CAPACITY: usize = 10_000;
 
-/// The Mixer service: the current policy, metrics and the deduplication memory.
+/// The Mixer service: the current policy, metrics, quota counters, the prometheus adapter's
+/// series and the deduplication memory.
 #[derive(Clone)]
 pub struct MixerService {
     policy: PolicyHandle,
     metrics: MixerMetrics,
     dedup: Arc<Mutex<Dedup<CheckResponse>>>,
+    quotas: QuotaBackends,
+    prometheus: PrometheusSink,
 }
 
 impl MixerService {
+    /// A service whose prometheus adapter series go to a registry of their own (see
+    /// [`MixerService::with_prometheus`]).
     pub fn new(policy: PolicyHandle, metrics: MixerMetrics) -> Self {
         MixerService {
             policy,
             metrics,
             dedup: Arc::new(Mutex::new(Dedup::new(DEDUP_CAPACITY))),
+            quotas: QuotaBackends::default(),
+            prometheus: PrometheusSink::new(mesh_runtime::Metrics::default()),
         }
     }
 
+    /// Sends the prometheus adapter's series to `sink` (Mixer's own `/metrics`).
+    pub fn with_prometheus(mut self, sink: PrometheusSink) -> Self {
+        self.prometheus = sink;
+        self
+    }
+
     /// Answers a Check; a repeated non-empty `deduplication_id` gets the remembered answer.
-    pub fn handle_check(&self, req: &CheckRequest) -> Result<CheckResponse, Status> {
+    pub async fn handle_check(&self, req: &CheckRequest) -> Result<CheckResponse, Status> {
         let id = req.deduplication_id.as_str();
         if !id.is_empty()
             && let Some(previous) = self.dedup.lock().get(id)
@@ -44,9 +59,18 @@ impl MixerService {
             tracing::debug!(deduplication_id = id, "repeated check answered from memory");
             return Ok(previous);
         }
-        let result = check(&self.policy.current(), req);
+        let policy = self.policy.current();
+        let result = check_with_quotas(&policy, req);
         match result {
-            Ok(resp) => {
+            Ok(checked) => {
+                let mut resp = checked.response;
+                if !checked.quota_calls.is_empty() {
+                    let granted = self
+                        .quotas
+                        .allocate(&policy, &checked.quota_calls, &req.quotas, id)
+                        .await;
+                    resp.quotas.extend(granted);
+                }
                 let code = resp
                     .precondition
                     .as_ref()
@@ -71,7 +95,10 @@ impl MixerService {
     /// Answers a Report.
     pub fn handle_report(&self, req: &ReportRequest) -> Result<ReportResponse, Status> {
         match report(req, &self.metrics) {
-            Ok(_) => Ok(ReportResponse {}),
+            Ok(bags) => {
+                dispatch_metrics(&self.policy.current(), &bags, &self.prometheus);
+                Ok(ReportResponse {})
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "report rejected");
                 Err(e.into())
@@ -86,7 +113,9 @@ impl Mixer for MixerService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        self.handle_check(request.get_ref()).map(Response::new)
+        self.handle_check(request.get_ref())
+            .await
+            .map(Response::new)
     }
 
     async fn report(
@@ -97,6 +126,23 @@ impl Mixer for MixerService {
     }
 }
 
+/// A request whose bytes are not a valid message (truncated, bad wire type) is a malformed
+/// request: INVALID_ARGUMENT, where tonic's decoder says INTERNAL.
+pub fn decode_errors_are_invalid_argument<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let headers = resp.headers_mut();
+    let decode_error = headers.get("grpc-status").is_some_and(|v| v == "13")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| {
+                m.starts_with("failed%20to%20decode") || m.starts_with("failed to decode")
+            });
+    if decode_error {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    resp
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves.
 pub async fn serve_grpc(
     listener: TcpListener,
@@ -104,6 +150,9 @@ pub async fn serve_grpc(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            decode_errors_are_invalid_argument::<tonic::body::Body>,
+        ))
         .add_service(MixerServer::new(service))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -68,6 +68,7 @@ pub async fn run(
     let metrics = MixerMetrics::register(&registry);
     let policy = PolicyHandle::default();
 
+    let registry_for_adapters = registry.clone();
     let monitoring_task = tokio::spawn(serve_monitoring(
         monitoring,
         readiness.clone(),
@@ -86,7 +87,9 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
-    let service = MixerService::new(policy, metrics);
+    let service = MixerService::new(policy, metrics).with_prometheus(
+        crate::adapter::prometheus::PrometheusSink::new(registry_for_adapters),
+    );
     let grpc_result = serve_grpc(grpc, service, stopped()).await;
     let _ = sink_task.await;
     let monitoring_result = monitoring_task.await;

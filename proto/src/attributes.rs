@@ -245,6 +245,140 @@ pub enum AttributeError {
     /// A report request asked for an encoding this server does not know.
     #[error("unknown repeated attributes semantics {0}")]
     UnknownSemantics(i32),
+    /// An attribute of Istio's vocabulary sent with another type than its declared one.
+    #[error("attribute {name} is {found}, the vocabulary declares {expected}")]
+    WrongType {
+        name: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+}
+
+/// Istio 1.4's attribute vocabulary (`mixer/testdata/config/attributes.yaml`: the `istio-proxy`
+/// and `kubernetes` manifests), name → `valueType`, sorted by name.
+pub const VOCABULARY: &[(&str, &str)] = &[
+    ("api.operation", "STRING"),
+    ("api.protocol", "STRING"),
+    ("api.service", "STRING"),
+    ("api.version", "STRING"),
+    ("check.cache_hit", "BOOL"),
+    ("check.error_code", "INT64"),
+    ("check.error_message", "STRING"),
+    ("connection.duration", "DURATION"),
+    ("connection.event", "STRING"),
+    ("connection.id", "STRING"),
+    ("connection.mtls", "BOOL"),
+    ("connection.received.bytes", "INT64"),
+    ("connection.received.bytes_total", "INT64"),
+    ("connection.requested_server_name", "STRING"),
+    ("connection.sent.bytes", "INT64"),
+    ("connection.sent.bytes_total", "INT64"),
+    ("context.protocol", "STRING"),
+    ("context.proxy_error_code", "STRING"),
+    ("context.reporter.kind", "STRING"),
+    ("context.reporter.local", "BOOL"),
+    ("context.reporter.uid", "STRING"),
+    ("context.time", "TIMESTAMP"),
+    ("context.timestamp", "TIMESTAMP"),
+    ("destination.container.name", "STRING"),
+    ("destination.ip", "IP_ADDRESS"),
+    ("destination.labels", "STRING_MAP"),
+    ("destination.metadata", "STRING_MAP"),
+    ("destination.name", "STRING"),
+    ("destination.namespace", "STRING"),
+    ("destination.owner", "STRING"),
+    ("destination.port", "INT64"),
+    ("destination.principal", "STRING"),
+    ("destination.service.host", "STRING"),
+    ("destination.service.name", "STRING"),
+    ("destination.service.namespace", "STRING"),
+    ("destination.service.uid", "STRING"),
+    ("destination.serviceAccount", "STRING"),
+    ("destination.uid", "STRING"),
+    ("destination.workload.name", "STRING"),
+    ("destination.workload.namespace", "STRING"),
+    ("destination.workload.uid", "STRING"),
+    ("origin.ip", "IP_ADDRESS"),
+    ("origin.uid", "STRING"),
+    ("origin.user", "STRING"),
+    ("quota.cache_hit", "BOOL"),
+    ("rbac.permissive.effective_policy_id", "STRING"),
+    ("rbac.permissive.response_code", "STRING"),
+    ("request.api_key", "STRING"),
+    ("request.auth.audiences", "STRING"),
+    ("request.auth.claims", "STRING_MAP"),
+    ("request.auth.presenter", "STRING"),
+    ("request.auth.principal", "STRING"),
+    ("request.auth.raw_claims", "STRING"),
+    ("request.headers", "STRING_MAP"),
+    ("request.host", "STRING"),
+    ("request.id", "STRING"),
+    ("request.method", "STRING"),
+    ("request.path", "STRING"),
+    ("request.query_params", "STRING_MAP"),
+    ("request.reason", "STRING"),
+    ("request.referer", "STRING"),
+    ("request.scheme", "STRING"),
+    ("request.size", "INT64"),
+    ("request.time", "TIMESTAMP"),
+    ("request.total_size", "INT64"),
+    ("request.url_path", "STRING"),
+    ("request.useragent", "STRING"),
+    ("response.code", "INT64"),
+    ("response.duration", "DURATION"),
+    ("response.grpc_message", "STRING"),
+    ("response.grpc_status", "STRING"),
+    ("response.headers", "STRING_MAP"),
+    ("response.size", "INT64"),
+    ("response.time", "TIMESTAMP"),
+    ("response.total_size", "INT64"),
+    ("source.ip", "IP_ADDRESS"),
+    ("source.labels", "STRING_MAP"),
+    ("source.name", "STRING"),
+    ("source.namespace", "STRING"),
+    ("source.owner", "STRING"),
+    ("source.principal", "STRING"),
+    ("source.serviceAccount", "STRING"),
+    ("source.services", "STRING"),
+    ("source.uid", "STRING"),
+    ("source.user", "STRING"),
+    ("source.workload.name", "STRING"),
+    ("source.workload.namespace", "STRING"),
+    ("source.workload.uid", "STRING"),
+];
+
+/// The declared `valueType` of `name` in [`VOCABULARY`].
+pub fn vocabulary_type(name: &str) -> Option<&'static str> {
+    VOCABULARY
+        .binary_search_by(|(n, _)| (*n).cmp(name))
+        .ok()
+        .map(|i| VOCABULARY[i].1)
+}
+
+/// Whether a value of wire type `found` may carry an attribute declared `declared`: the same
+/// type, IP addresses as bytes, and DNS names, emails and URIs as strings.
+fn type_fits(declared: &str, found: &str) -> bool {
+    declared == found
+        || (declared == "IP_ADDRESS" && found == "BYTES")
+        || (matches!(declared, "DNS_NAME" | "EMAIL_ADDRESS" | "URI") && found == "STRING")
+}
+
+/// Checks every attribute of `bag` that is in the vocabulary against its declared type;
+/// attributes outside the vocabulary are accepted as sent.
+pub fn check_types(bag: &Bag) -> Result<(), AttributeError> {
+    for (name, value) in bag.iter() {
+        if let Some(expected) = vocabulary_type(name) {
+            let found = value.type_name();
+            if !type_fits(expected, found) {
+                return Err(AttributeError::WrongType {
+                    name: name.to_string(),
+                    expected,
+                    found,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Assigns word indexes while compressing: global dictionary first, then message words.

@@ -4,10 +4,19 @@
 //! - [`list`]: `listchecker`: a value (from a `listentry` instance) must be (whitelist) or must
 //!   not be (blacklist) in a static list of strings or IP ranges.
 //!
+//! - [`quota`]: the `quotas[]` params the quota adapters share.
+//! - [`memquota`]: quotas counted in memory.
+//! - [`redisquota`]: quotas counted in Redis (shared by every replica).
+//! - [`prometheus`]: `metric` instances → Prometheus series on Mixer's `/metrics`.
+//!
 //! Any other adapter is accepted as [`Adapter::Ignored`]: its actions do nothing.
 
 pub mod denier;
 pub mod list;
+pub mod memquota;
+pub mod prometheus;
+pub mod quota;
+pub mod redisquota;
 
 use std::time::Duration;
 
@@ -57,6 +66,9 @@ pub struct Verdict {
 pub enum Adapter {
     Denier(denier::Params),
     List(list::Params),
+    MemQuota(quota::Limits),
+    RedisQuota(redisquota::Params),
+    Prometheus(prometheus::Params),
     /// An adapter Mixer does not run; its actions are accepted and do nothing.
     Ignored {
         adapter: String,
@@ -71,6 +83,9 @@ impl Adapter {
         Ok(match name {
             "denier" => Adapter::Denier(denier::Params::parse(params)?),
             "listchecker" | "list" => Adapter::List(list::Params::parse(params)?),
+            "memquota" => Adapter::MemQuota(quota::Limits::parse(params, true)?),
+            "redisquota" => Adapter::RedisQuota(redisquota::Params::parse(params)?),
+            "prometheus" => Adapter::Prometheus(prometheus::Params::parse(params)?),
             other => Adapter::Ignored {
                 adapter: other.to_string(),
             },
@@ -81,6 +96,8 @@ impl Adapter {
     pub fn template(&self) -> Option<&'static str> {
         match self {
             Adapter::List(_) => Some("listentry"),
+            Adapter::MemQuota(_) | Adapter::RedisQuota(_) => Some("quota"),
+            Adapter::Prometheus(_) => Some("metric"),
             _ => None,
         }
     }
@@ -146,9 +163,9 @@ mod tests {
         assert_eq!(code_name(7), "PERMISSION_DENIED");
         assert_eq!(code_name(99), "CODE_99");
         assert_eq!(
-            Adapter::build("prometheus", None),
+            Adapter::build("stdio", None),
             Ok(Adapter::Ignored {
-                adapter: "prometheus".into()
+                adapter: "stdio".into()
             })
         );
     }

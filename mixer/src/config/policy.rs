@@ -20,8 +20,28 @@ pub struct Instance {
     /// `namespace/name`.
     pub key: String,
     pub template: String,
-    /// `listentry`'s `value` expression.
+    /// `listentry`'s and `metric`'s `value` expression.
     pub value: Option<Expr>,
+    /// `quota`'s and `metric`'s `dimensions`, by name.
+    pub dimensions: Vec<(String, Expr)>,
+}
+
+impl Instance {
+    /// The short name (`requestcountquota`), as a CheckRequest names a quota.
+    pub fn short_name(&self) -> &str {
+        self.key
+            .split_once('/')
+            .map_or(self.key.as_str(), |(_, n)| n)
+    }
+
+    /// The fully-qualified name (`requestcountquota.instance.istio-system`), as handler params
+    /// name instances.
+    pub fn full_name(&self) -> String {
+        match self.key.split_once('/') {
+            Some((ns, name)) => format!("{name}.instance.{ns}"),
+            None => format!("{}.instance", self.key),
+        }
+    }
 }
 
 /// One action of a rule, its handler and instances resolved.
@@ -207,10 +227,25 @@ fn compile_instance(
             Some(parse(text).map_err(|e| format!("instance {key}: params.value {text:?}: {e}"))?)
         }
     };
+    let mut dimensions = Vec::new();
+    if let Some(dims) = spec.params.as_ref().and_then(|p| p.get("dimensions")) {
+        let map = dims
+            .as_object()
+            .ok_or_else(|| format!("instance {key}: params.dimensions is not a map"))?;
+        for (name, v) in map {
+            let text = v.as_str().ok_or_else(|| {
+                format!("instance {key}: params.dimensions.{name} {v} is not an expression")
+            })?;
+            let e = parse(text)
+                .map_err(|e| format!("instance {key}: params.dimensions.{name} {text:?}: {e}"))?;
+            dimensions.push((name.clone(), e));
+        }
+    }
     Ok(Instance {
         key,
         template: found,
         value,
+        dimensions,
     })
 }
 
@@ -286,9 +321,7 @@ mod tests {
         );
         assert_eq!(
             p.rules[1].actions[0].adapter,
-            Adapter::Ignored {
-                adapter: "prometheus".into()
-            }
+            Adapter::Prometheus(Default::default())
         );
     }
 

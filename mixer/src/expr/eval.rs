@@ -166,7 +166,11 @@ fn call(func: &str, args: Vec<Value>) -> Result<Value, EvalError> {
         ("conditionalString", [Value::Bool(c), Value::String(a), Value::String(b)]) => {
             Ok(Value::String(if *c { a.clone() } else { b.clone() }))
         }
-        ("ip" | "match" | "toLower" | "emptyStringMap" | "conditionalString", _) => {
+        ("conditional", [Value::Bool(c), a, b]) => Ok(if *c { a.clone() } else { b.clone() }),
+        (
+            "ip" | "match" | "toLower" | "emptyStringMap" | "conditionalString" | "conditional",
+            _,
+        ) => {
             let types: Vec<&str> = args.iter().map(Value::type_name).collect();
             Err(bad(func, format!("wrong arguments ({})", types.join(", "))))
         }

@@ -4,7 +4,7 @@
 //! Supported: attribute names (`destination.service.host`), map indexing with a string key
 //! (`source.labels["app"]`), string (`"v3"`, `` `raw` ``), integer and boolean literals, `==`,
 //! `!=`, `!`, `&&`, `||`, `|` (first operand that is present), parentheses, and the functions
-//! `ip`, `match`, `toLower`, `emptyStringMap`, `conditionalString`.
+//! `ip`, `match`, `toLower`, `emptyStringMap`, `conditionalString`, `conditional`.
 //!
 //! - [`lexer`]: text → tokens.
 //! - [`ast`]: the expression tree.
