@@ -11,16 +11,20 @@
 //! - [`store`]: the sled store with a global revision and change notification.
 //! - [`mcp`]: the MCP `ResourceSource` server.
 //! - [`api`]: the HTTP apply API.
+//! - [`webhook`]: the validating admission webhook (HTTPS, AdmissionReview).
+//! - [`analyze`]: cross-resource checks with Istio's analyzer message codes.
 //! - [`run`]: the service itself.
 
+pub mod analyze;
 pub mod api;
 pub mod mcp;
 mod service;
 pub mod source;
 pub mod store;
 pub mod validate;
+pub mod webhook;
 
-pub use service::{Config, GalleyError, READY_SERVING, READY_STORE, run};
+pub use service::{Config, GalleyError, READY_SERVING, READY_STORE, WebhookConfig, run};
 
 /// Resolves once `stop` holds `true` (or its sender is gone).
 pub(crate) async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {

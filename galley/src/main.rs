@@ -38,6 +38,19 @@ struct Args {
     #[arg(long, env = "GALLEY_POLL_INTERVAL_MS", default_value_t = 500)]
     poll_interval_ms: u64,
 
+    /// Address of the validating admission webhook (HTTPS: /validate, /admitpilot,
+    /// /admitmixer); off when not set. Needs --webhook-cert and --webhook-key.
+    #[arg(long, env = "GALLEY_WEBHOOK_ADDR", requires_all = ["webhook_cert", "webhook_key"])]
+    webhook_addr: Option<SocketAddr>,
+
+    /// PEM certificate chain the webhook serves.
+    #[arg(long, env = "GALLEY_WEBHOOK_CERT")]
+    webhook_cert: Option<PathBuf>,
+
+    /// PEM private key of the webhook certificate.
+    #[arg(long, env = "GALLEY_WEBHOOK_KEY")]
+    webhook_key: Option<PathBuf>,
+
     #[command(flatten)]
     log: mesh_runtime::LogArgs,
 }
@@ -53,6 +66,10 @@ async fn main() {
         api_addr: args.api_addr,
         monitoring_addr: args.monitoring_addr,
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
+        webhook: match (args.webhook_addr, args.webhook_cert, args.webhook_key) {
+            (Some(addr), Some(cert), Some(key)) => Some(galley::WebhookConfig { addr, cert, key }),
+            _ => None,
+        },
     };
     let result =
         mesh_runtime::run_until_signal(mesh_runtime::DEFAULT_GRACE, |stop| galley::run(cfg, stop))

@@ -14,6 +14,8 @@ use crate::mcp::{McpMetrics, McpServer};
 use crate::source::{DirSource, SyncError};
 use crate::stopped;
 use crate::store::{Store, StoreError};
+use crate::webhook::{WebhookMetrics, serve_tls, server_config, webhook_router};
+use futures::FutureExt;
 
 /// Readiness conditions: the config dir is loaded, and the servers are running.
 pub const READY_STORE: &str = "store";
@@ -31,6 +33,16 @@ pub struct Config {
     pub monitoring_addr: SocketAddr,
     /// How often the config dir is polled for changes.
     pub poll_interval: Duration,
+    /// The validating admission webhook (HTTPS); off when `None`.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Where the admission webhook listens and its TLS certificate and key (PEM files).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub addr: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Why galley stopped with an error.
@@ -42,6 +54,8 @@ pub enum GalleyError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Config(#[from] SyncError),
+    #[error(transparent)]
+    Tls(#[from] crate::webhook::TlsError),
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
 }
@@ -62,6 +76,13 @@ pub async fn run(
     let mcp_listener = bind_tcp("mcp", cfg.mcp_addr).await?;
     let api_listener = bind_tcp("api", cfg.api_addr).await?;
     let monitoring_listener = bind_tcp("monitoring", cfg.monitoring_addr).await?;
+    let webhook = match &cfg.webhook {
+        Some(w) => Some((
+            bind_tcp("webhook", w.addr).await?,
+            server_config(&w.cert, &w.key)?,
+        )),
+        None => None,
+    };
 
     let readiness = Readiness::new(&[READY_STORE, READY_SERVING]);
     let metrics = Metrics::default();
@@ -76,6 +97,17 @@ pub async fn run(
         }
     });
 
+    // Compile every CRD schema now, not on the first document.
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(crate::validate::init_schemas).await {
+        Ok(Ok(n)) => tracing::info!(
+            schemas = n,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "CRD schemas compiled"
+        ),
+        Ok(Err(e)) => tracing::error!(error = %e, "some kinds are not checked structurally"),
+        Err(e) => tracing::error!(error = %e, "compiling the CRD schemas failed"),
+    }
     let store = Store::open(&cfg.store_dir)?;
     spawn_revision_gauge(&store, &metrics, stop_rx.clone());
     if let Some(dir) = &cfg.config_dir {
@@ -104,17 +136,34 @@ pub async fn run(
                 .map_err(|e| e.to_string())
         }
     });
+    let webhook: ServerTask = match webhook {
+        Some((listener, tls)) => tokio::spawn({
+            let router = webhook_router(WebhookMetrics::register(&metrics));
+            let s = stopped(stop_rx.clone());
+            async move {
+                serve_tls(listener, tls, router, s).await;
+                Ok(())
+            }
+        }),
+        None => tokio::spawn(stopped(stop_rx.clone()).map(Ok)),
+    };
     readiness.set(READY_SERVING, true);
-    tracing::info!(mcp = %cfg.mcp_addr, api = %cfg.api_addr, monitoring = %cfg.monitoring_addr, store = %cfg.store_dir.display(), "galley serving");
+    tracing::info!(webhook = ?cfg.webhook.as_ref().map(|w| w.addr), mcp = %cfg.mcp_addr, api = %cfg.api_addr, monitoring = %cfg.monitoring_addr, store = %cfg.store_dir.display(), "galley serving");
 
-    let mut tasks = [("mcp", mcp), ("api", api), ("monitoring", monitoring)];
+    let mut tasks = [
+        ("mcp", mcp),
+        ("api", api),
+        ("monitoring", monitoring),
+        ("webhook", webhook),
+    ];
     let early = {
-        let [(_, a), (_, b), (_, c)] = &mut tasks;
+        let [(_, a), (_, b), (_, c), (_, d)] = &mut tasks;
         tokio::select! {
             () = shutdown => None,
             r = a => Some(("mcp", r)),
             r = b => Some(("api", r)),
             r = c => Some(("monitoring", r)),
+            r = d => Some(("webhook", r)),
         }
     };
     readiness.set(READY_SERVING, false);
@@ -188,6 +237,7 @@ mod tests {
             api_addr: free_addr(),
             monitoring_addr: free_addr(),
             poll_interval: Duration::from_millis(50),
+            webhook: None,
         }
     }
 
@@ -200,6 +250,78 @@ mod tests {
             err.to_string().starts_with("cannot read config dir"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn webhook_serves_https_and_bad_cert_fails_start() {
+        let pki = crate::webhook::tests::pki();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(None, tmp.path().join("store"));
+        cfg.webhook = Some(WebhookConfig {
+            addr: free_addr(),
+            cert: pki.cert.with_file_name("missing.crt"),
+            key: pki.key.clone(),
+        });
+        let err = run(cfg.clone(), std::future::pending()).await.unwrap_err();
+        assert!(err.to_string().contains("missing.crt"), "{err}");
+
+        let webhook = free_addr();
+        cfg.webhook = Some(WebhookConfig {
+            addr: webhook,
+            cert: pki.cert.clone(),
+            key: pki.key.clone(),
+        });
+        let mon = cfg.monitoring_addr;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(cfg, async move {
+            let _ = rx.await;
+        }));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !reqwest::get(format!("http://{mon}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let review = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u1", "operation": "CREATE", "object": {"apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule", "metadata": {"name": "r", "namespace": "prod"}, "spec": {"host": ""}}}});
+        let (status, body) = crate::webhook::tests::post(
+            &pki,
+            webhook,
+            &rustls::version::TLS13,
+            "/validate",
+            "application/json",
+            review.to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["response"]["allowed"], false, "{body}");
+        assert!(
+            answer["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("DestinationRule prod/r: spec.host: "),
+            "{body}"
+        );
+        let metrics = reqwest::get(format!("http://{mon}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("galley_webhook_denied_total 1"),
+            "{metrics}"
+        );
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]

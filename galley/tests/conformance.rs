@@ -18,7 +18,7 @@ use serde_json::Value;
 
 /// The ratchet: documents expected to be rejected that galley does reject. Raise it when more
 /// rules land; it must never go down.
-const REJECT_FLOOR: usize = 52;
+const REJECT_FLOOR: usize = 78;
 
 /// The expectation for each document of one file.
 type PerDocument<'a> = Box<dyn Fn(&DocumentOutcome) -> Expect + 'a>;

@@ -229,6 +229,125 @@ impl GalleyApi {
     }
 }
 
+/// One change in Galley's history (`GET /apis/v1/history`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct HistoryRow {
+    pub rev: u64,
+    #[serde(default)]
+    pub time: String,
+    #[serde(default)]
+    pub op: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Deserialize)]
+struct HistoryBody {
+    #[serde(default)]
+    items: Vec<HistoryRow>,
+}
+
+/// What `POST /apis/v1/rollback/{rev}` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackOutcome {
+    /// The store now holds the content of the target revision, as `revision`.
+    RolledBack {
+        revision: u64,
+        applied: Vec<Applied>,
+    },
+    /// Objects of the target revision no longer validate: nothing changed.
+    Invalid(Vec<Invalid>),
+}
+
+#[derive(Deserialize)]
+struct RollbackBody {
+    revision: u64,
+    #[serde(default)]
+    applied: Vec<Applied>,
+}
+
+impl GalleyApi {
+    /// The history, optionally only of `kind` (as `Kind::from_name` spells it), `namespace`,
+    /// `name`; oldest first.
+    pub async fn history(
+        &self,
+        kind: Option<&str>,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<HistoryRow>, ApiError> {
+        let query: Vec<String> = [("kind", kind), ("namespace", namespace), ("name", name)]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(v))))
+            .collect();
+        let mut url = format!("{}/apis/v1/history", self.base);
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&query.join("&"));
+        }
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| ApiError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status().as_u16();
+        let body = read_body(&url, resp).await?;
+        if status != 200 {
+            return Err(ApiError::Status { url, status, body });
+        }
+        Ok(decode::<HistoryBody>(&url, &body)?.items)
+    }
+
+    /// Restores the store to its content at revision `rev`.
+    pub async fn rollback(&self, rev: u64) -> Result<RollbackOutcome, ApiError> {
+        let url = format!("{}/apis/v1/rollback/{rev}", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .send()
+            .await
+            .map_err(|source| ApiError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status().as_u16();
+        let body = read_body(&url, resp).await?;
+        match status {
+            200 => {
+                let b: RollbackBody = decode(&url, &body)?;
+                Ok(RollbackOutcome::RolledBack {
+                    revision: b.revision,
+                    applied: b.applied,
+                })
+            }
+            400 => match serde_json::from_str::<ErrorsBody>(&body) {
+                Ok(b) => Ok(RollbackOutcome::Invalid(b.errors)),
+                Err(_) => Err(ApiError::Status { url, status, body }),
+            },
+            _ => Err(ApiError::Status { url, status, body }),
+        }
+    }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 async fn read_body(url: &str, resp: reqwest::Response) -> Result<String, ApiError> {
     resp.text().await.map_err(|source| ApiError::Unreachable {
         url: url.to_string(),

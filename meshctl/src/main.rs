@@ -1,10 +1,12 @@
 //! `meshctl`: the operator CLI. `up` runs a whole mesh on this machine (optionally with the
 //! Bookinfo demo); `apply`, `get` and `delete` talk to Galley's apply API.
 
+mod analyze;
 mod apply;
 mod dashboard;
 mod galley_api;
 mod get;
+mod history;
 mod state;
 mod up;
 mod validate;
@@ -51,6 +53,14 @@ enum Command {
     /// Serve the live mesh dashboard (service graph, golden signals, config, proxy sync) of the
     /// mesh `meshctl up` is running; `up` already serves one and prints its address.
     Dashboard(dashboard::DashboardArgs),
+    /// List Galley's stored changes (revision, time, operation, object), oldest first.
+    History(history::HistoryArgs),
+    /// Restore Galley's store to its content at a revision (as a new revision; validated, and
+    /// nothing changes when rejected).
+    Rollback(history::RollbackArgs),
+    /// Cross-resource checks with Istio's analyzer codes (IST0101, IST0109, ...) over files, or
+    /// without `-f` over everything Galley stores; exit 1 when a finding is an Error.
+    Analyze(analyze::AnalyzeArgs),
 }
 
 #[tokio::main]
@@ -62,6 +72,12 @@ async fn main() {
         std::process::exit(code);
     }
     let state_dir = cli.state.unwrap_or_else(state::default_state_dir);
+    if let Command::Analyze(args) = &cli.command {
+        let galley =
+            || state::galley_url(cli.galley.clone(), &state_dir).map_err(|e| e.to_string());
+        let code = analyze::run(args, galley, &mut std::io::stdout(), &mut std::io::stderr()).await;
+        std::process::exit(code);
+    }
     let res: anyhow::Result<()> = match cli.command {
         Command::Up(args) => up::run(args, state_dir).await.map_err(Into::into),
         Command::Apply(args) => {
@@ -80,7 +96,15 @@ async fn main() {
             Err(e) => Err(e.into()),
         },
         Command::Dashboard(args) => dashboard::run(&args, state_dir).await.map_err(Into::into),
-        Command::Validate(_) => Ok(()),
+        Command::History(args) => match state::galley_url(cli.galley, &state_dir) {
+            Ok(url) => history::run_history(&args, &url).await.map_err(Into::into),
+            Err(e) => Err(e.into()),
+        },
+        Command::Rollback(args) => match state::galley_url(cli.galley, &state_dir) {
+            Ok(url) => history::run_rollback(&args, &url).await.map_err(Into::into),
+            Err(e) => Err(e.into()),
+        },
+        Command::Validate(_) | Command::Analyze(_) => Ok(()),
     };
     mesh_runtime::exit_on_error("meshctl", res);
 }
@@ -105,5 +129,13 @@ mod tests {
         assert!(
             matches!(c.command, Command::Validate(ref v) if v.output == validate::Output::Json)
         );
+        let c = Cli::try_parse_from(["meshctl", "history", "--kind", "vs", "-n", "prod"]).unwrap();
+        assert!(
+            matches!(c.command, Command::History(ref h) if h.namespace.as_deref() == Some("prod"))
+        );
+        let c = Cli::try_parse_from(["meshctl", "analyze", "-f", "a.yaml", "-o", "json"]).unwrap();
+        assert!(matches!(c.command, Command::Analyze(ref a) if a.files.len() == 1));
+        let c = Cli::try_parse_from(["meshctl", "rollback", "7"]).unwrap();
+        assert!(matches!(c.command, Command::Rollback(ref r) if r.rev == 7));
     }
 }

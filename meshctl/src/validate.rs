@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use galley::source::read_config_file;
 use galley::validate::{DocumentOutcome, check_documents};
 use serde::Serialize;
 
@@ -122,10 +123,10 @@ pub fn run(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32
             }
         };
         for file in files {
-            match std::fs::read_to_string(&file) {
+            match read_config_file(&file) {
                 Ok(text) => outcomes.extend(check_documents(&file.display().to_string(), &text)),
                 Err(e) => {
-                    let _ = writeln!(err, "meshctl: cannot read {}: {e}", file.display());
+                    let _ = writeln!(err, "meshctl: {e}");
                     unreadable = true;
                 }
             }

@@ -1,5 +1,6 @@
 //! The HTTP apply API: `POST /apis/v1/apply`, `GET /apis/v1/{kind}`,
-//! `DELETE /apis/v1/{kind}/{namespace}/{name}`.
+//! `DELETE /apis/v1/{kind}/{namespace}/{name}`, `GET /apis/v1/history`,
+//! `POST /apis/v1/rollback/{rev}`.
 
 use axum::Json;
 use axum::Router;
@@ -13,8 +14,9 @@ use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::store::{Change, Store};
-use crate::validate::check_text;
+use crate::source::Document;
+use crate::store::{Change, HistoryFilter, Store, StoreError};
+use crate::validate::{Checked, ValidationError, check_document, check_text};
 
 /// The header naming the source file of an apply body (used in error positions).
 pub const SOURCE_HEADER: &str = "x-mesh-source";
@@ -57,6 +59,8 @@ struct ApiState {
 pub fn api_router(store: Store, metrics: ApiMetrics) -> Router {
     Router::new()
         .route("/apis/v1/apply", post(apply))
+        .route("/apis/v1/history", get(history))
+        .route("/apis/v1/rollback/{rev}", post(rollback))
         .route("/apis/v1/{kind}", get(list))
         .route("/apis/v1/{kind}/{namespace}/{name}", delete(remove))
         .with_state(ApiState { store, metrics })
@@ -153,6 +157,111 @@ async fn remove(
             StatusCode::NOT_FOUND,
             format!("{} {namespace}/{name} not found", kind.info().kind),
         ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    kind: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// `GET /apis/v1/history[?kind=K&namespace=NS&name=N]` → `{"revision", "floor", "items":
+/// [{"rev","time","op","kind","namespace","name"}]}`, oldest first.
+async fn history(State(s): State<ApiState>, Query(q): Query<HistoryQuery>) -> Response {
+    let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let kind = match nonempty(q.kind) {
+        Some(k) => match Kind::from_name(&k) {
+            Some(kind) => Some(kind),
+            None => return unknown_kind(&k),
+        },
+        None => None,
+    };
+    let filter = HistoryFilter {
+        kind,
+        namespace: nonempty(q.namespace),
+        name: nonempty(q.name),
+    };
+    let floor = match s.store.history_floor() {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match s.store.history(&filter) {
+        Ok(entries) => {
+            let items: Vec<_> = entries.iter().map(|e| e.summary()).collect();
+            Json(json!({"revision": s.store.revision(), "floor": floor, "items": items}))
+                .into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Every validation error of the objects a rollback would write back.
+fn check_restored(target: u64, changes: &[Change]) -> Result<(), Vec<ValidationError>> {
+    let mut errs = Vec::new();
+    for change in changes {
+        let Change::Put(_, obj) = change else {
+            continue;
+        };
+        let value = match serde_json::to_value(obj) {
+            Ok(v) => v,
+            Err(e) => {
+                errs.push(ValidationError {
+                    file: format!("revision {target}"),
+                    line: 0,
+                    kind: obj.kind.clone(),
+                    namespace: obj.metadata.namespace.clone(),
+                    name: obj.metadata.name.clone(),
+                    field: String::new(),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let doc = Document {
+            file: format!("revision {target}"),
+            line: 0,
+            value,
+        };
+        if let Checked::Invalid(e) = check_document(&doc) {
+            errs.extend(e);
+        }
+    }
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// `POST /apis/v1/rollback/{rev}`: the store's content becomes what it was at `rev`, as one new
+/// revision → 200 `{"revision", "applied"}`; objects that no longer validate → 400 `{"errors"}`
+/// and nothing changes; a revision after the current one → 404; before the history → 410.
+async fn rollback(State(s): State<ApiState>, Path(rev): Path<String>) -> Response {
+    let Ok(target) = rev.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{rev:?} is not a revision number"),
+        );
+    };
+    match s
+        .store
+        .rollback(target, |changes| check_restored(target, changes))
+        .await
+    {
+        Ok(Ok(res)) => {
+            s.metrics.applies.inc();
+            let applied: Vec<_> = res.applied.iter().filter(|a| a.changed).collect();
+            Json(json!({"revision": res.revision, "rolled_back_to": target, "applied": applied}))
+                .into_response()
+        }
+        Ok(Err(errors)) => {
+            s.metrics.rejected.inc();
+            for e in &errors {
+                tracing::info!(error = %e, target, "rollback rejected");
+            }
+            (StatusCode::BAD_REQUEST, Json(json!({"errors": errors}))).into_response()
+        }
+        Err(e @ StoreError::FutureRevision { .. }) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ StoreError::BeforeHistory { .. }) => error(StatusCode::GONE, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

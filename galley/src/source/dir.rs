@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use mesh_proto::config::{ConfigObject, Kind};
 
+use super::read::{ReadError, read_config_file};
 use crate::store::{Change, Store};
-use crate::validate::{Skipped, ValidObject, ValidationError, check_text};
+use crate::validate::{Report, Skipped, ValidObject, ValidationError, check_text};
 
 /// The directory itself cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -130,16 +131,28 @@ impl DirSource {
                 continue;
             }
             let name = self.display_name(&path);
-            let text = match std::fs::read(&path) {
-                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
+            let report = match read_config_file(&path) {
+                Ok(text) => check_text(&name, &text),
+                Err(e) if e.is_not_found() => continue,
+                Err(e @ ReadError::Io { .. }) => {
                     tracing::warn!(file = %name, error = %e, "cannot read config file");
                     continue;
                 }
+                // Too large or not text: an error of the file, like an invalid document.
+                Err(e) => Report {
+                    errors: vec![ValidationError {
+                        file: name.clone(),
+                        line: 1,
+                        kind: String::new(),
+                        namespace: String::new(),
+                        name: String::new(),
+                        field: String::new(),
+                        message: e.to_string(),
+                    }],
+                    ..Report::default()
+                },
             };
             sync.files_read += 1;
-            let report = check_text(&name, &text);
             sync.skipped.extend(report.skipped);
             if report.errors.is_empty() {
                 self.files.insert(

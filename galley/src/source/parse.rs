@@ -22,13 +22,63 @@ pub struct ParseError {
     pub message: String,
 }
 
+/// The largest text (file or apply body) read: larger ones are refused whole. Kubernetes itself
+/// refuses requests over 3 MiB.
+pub const MAX_TEXT_BYTES: usize = 8 << 20;
+/// The deepest nesting of mappings and sequences accepted in one document. Real Istio and
+/// Kubernetes documents stay under 30 (Istio's own CRD schemas: 28); the bound keeps the
+/// recursive readers well inside a thread's stack, even in debug builds.
+pub const MAX_DEPTH: usize = 50;
+/// Alias (`*ref`) uses accepted in one document: with the bounds on nodes and replayed events
+/// below, a "billion laughs" document fails fast instead of expanding.
+const MAX_ALIASES: usize = 1_000;
+/// Nodes (mappings, sequences, scalars) in one document.
+const MAX_NODES: usize = 250_000;
+/// Events replayed for aliases in one document.
+const MAX_ANCHOR_EVENTS: usize = 100_000;
+
 /// The YAML reading rules: YAML 1.2 core schema (only `true`/`false` are booleans, no legacy
-/// octals, no sexagesimal numbers), so values like `001:db8::` or `on` stay strings.
+/// octals, no sexagesimal numbers), so values like `001:db8::` or `on` stay strings; bounded
+/// depth, aliases and size (see the constants above).
 fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! {
         strict_booleans: true,
         legacy_octal_numbers: false,
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+            max_aliases: MAX_ALIASES,
+            max_nodes: MAX_NODES,
+            max_recorded_anchor_events: MAX_ANCHOR_EVENTS,
+            max_total_scalar_bytes: MAX_TEXT_BYTES,
+        },
     }
+}
+
+/// The nesting depth of a JSON text (brackets outside strings), counted before parsing so a
+/// deeply nested text is refused without recursing into it.
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// Parses one document's YAML text; `first_line` is where the text starts in its file.
@@ -78,6 +128,14 @@ fn unsplit_colon_scalars(value: &mut Value) {
 /// Parses a JSON text: one object, an array of objects, or both as a Kubernetes `List`
 /// (expanded by [`expand_lists`]).
 fn parse_json(file: &str, text: &str) -> Result<Value, ParseError> {
+    let depth = json_depth(text);
+    if depth > MAX_DEPTH {
+        return Err(ParseError {
+            file: file.to_string(),
+            line: 1,
+            message: format!("nested {depth} levels deep; at most {MAX_DEPTH} levels are accepted"),
+        });
+    }
     serde_json::from_str::<Value>(text).map_err(|e| ParseError {
         file: file.to_string(),
         line: e.line().max(1),
@@ -106,6 +164,17 @@ fn expand_lists(value: Value) -> Vec<Value> {
 /// documents (only comments, or `null`) are dropped.
 pub fn parse_text(file: &str, text: &str) -> Vec<Result<Document, ParseError>> {
     let mut out = Vec::new();
+    if text.len() > MAX_TEXT_BYTES {
+        out.push(Err(ParseError {
+            file: file.to_string(),
+            line: 1,
+            message: format!(
+                "text is {} bytes; at most {MAX_TEXT_BYTES} bytes are accepted",
+                text.len()
+            ),
+        }));
+        return out;
+    }
     let looks_json = text.trim_start().starts_with(['{', '[']);
     if looks_json {
         let line = text

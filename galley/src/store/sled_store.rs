@@ -9,6 +9,9 @@ use mesh_proto::config::{ConfigObject, Kind};
 use serde::Serialize;
 use tokio::sync::{Mutex, watch};
 
+use super::history::{
+    HISTORY_FLOOR_KEY, HISTORY_PREFIX, HistoryEntry, HistoryFilter, now_ms, undo_after,
+};
 use crate::validate::normalize_namespace;
 
 /// Key of the global revision (collections never start with `\x01`).
@@ -36,6 +39,12 @@ pub enum StoreError {
         key: String,
         cause: serde_json::Error,
     },
+    #[error("revision {revision} is after the current revision {current}")]
+    FutureRevision { revision: u64, current: u64 },
+    #[error(
+        "revision {revision} is before the store's history, which starts after revision {floor}"
+    )]
+    BeforeHistory { revision: u64, floor: u64 },
 }
 
 impl From<sled::Error> for StoreError {
@@ -165,6 +174,11 @@ impl Store {
     fn from_db(db: sled::Db) -> Result<Store, StoreError> {
         let tree = db.open_tree("config")?;
         let rev = decode_u64(tree.get(REVISION_KEY)?);
+        if !tree.contains_key(HISTORY_FLOOR_KEY)? {
+            // History starts now: changes up to `rev` cannot be undone.
+            tree.insert(HISTORY_FLOOR_KEY, &rev.to_be_bytes())?;
+            db.flush()?;
+        }
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
@@ -250,7 +264,13 @@ impl Store {
     /// changes nothing keeps the revision.
     pub async fn apply(&self, changes: Vec<Change>) -> Result<BatchResult, StoreError> {
         let _writer = self.inner.write.lock().await;
+        self.apply_locked(changes).await
+    }
+
+    /// [`Store::apply`] for a caller holding the writer lock.
+    async fn apply_locked(&self, changes: Vec<Change>) -> Result<BatchResult, StoreError> {
         let tree = &self.inner.tree;
+        let mut history = Vec::new();
         let next = self.revision() + 1;
         let mut batch = sled::Batch::default();
         // What the batch has written so far, so later changes see earlier ones.
@@ -285,6 +305,16 @@ impl Store {
                             .unwrap_or(next),
                         _ => {
                             obj.metadata.resource_version = Some(next.to_string());
+                            history.push(HistoryEntry {
+                                revision: next,
+                                time_ms: 0,
+                                collection: kind.info().collection.to_string(),
+                                kind: kind.info().kind.to_string(),
+                                namespace: obj.metadata.namespace.clone(),
+                                name: obj.metadata.name.clone(),
+                                before: existing.clone(),
+                                after: Some(obj.clone()),
+                            });
                             let bytes =
                                 serde_json::to_vec(&obj).map_err(|cause| StoreError::Encode {
                                     key: String::from_utf8_lossy(&key).into_owned(),
@@ -310,11 +340,22 @@ impl Store {
                     name,
                 } => {
                     let key = object_key(kind, &namespace, &name);
-                    let exists = match overlay.get(&key) {
-                        Some(o) => o.is_some(),
-                        None => tree.contains_key(&key)?,
+                    let existing = match overlay.get(&key) {
+                        Some(o) => o.clone(),
+                        None => tree.get(&key)?.and_then(|v| decode_object(&key, &v)),
                     };
+                    let exists = existing.is_some();
                     if exists {
+                        history.push(HistoryEntry {
+                            revision: next,
+                            time_ms: 0,
+                            collection: kind.info().collection.to_string(),
+                            kind: kind.info().kind.to_string(),
+                            namespace: namespace.clone(),
+                            name: name.clone(),
+                            before: existing,
+                            after: None,
+                        });
                         batch.remove(key.clone());
                         touched.insert(kind);
                         overlay.insert(key, None);
@@ -336,6 +377,16 @@ impl Store {
             });
         }
         batch.insert(REVISION_KEY, &next.to_be_bytes());
+        let time_ms = now_ms();
+        for (i, mut e) in history.into_iter().enumerate() {
+            e.time_ms = time_ms;
+            let key = e.key(u32::try_from(i).unwrap_or(u32::MAX));
+            let bytes = serde_json::to_vec(&e).map_err(|cause| StoreError::Encode {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                cause,
+            })?;
+            batch.insert(key, bytes);
+        }
         for kind in &touched {
             batch.insert(collection_rev_key(*kind), &next.to_be_bytes());
         }
@@ -351,5 +402,114 @@ impl Store {
             revision: next,
             applied,
         })
+    }
+
+    /// The first revision the history can restore (changes up to it were made before history
+    /// was recorded).
+    pub fn history_floor(&self) -> Result<u64, StoreError> {
+        Ok(decode_u64(self.inner.tree.get(HISTORY_FLOOR_KEY)?))
+    }
+
+    /// The history entries matching `filter`, oldest first.
+    pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix(HISTORY_PREFIX) {
+            let (k, v) = item?;
+            match serde_json::from_slice::<HistoryEntry>(&v) {
+                Ok(e) if filter.matches(&e) => out.push(e),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&k), error = %e, "skipping unreadable history entry");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores every object to its content at revision `target`, as one new revision. The
+    /// changes that would do it are given to `check` first; when it refuses, nothing changes
+    /// and its error is returned inside `Ok`. Holds the writer lock throughout, so no other
+    /// batch slips in between planning and writing.
+    pub async fn rollback<E>(
+        &self,
+        target: u64,
+        check: impl FnOnce(&[Change]) -> Result<(), E>,
+    ) -> Result<Result<BatchResult, E>, StoreError> {
+        let _writer = self.inner.write.lock().await;
+        let current = self.revision();
+        if target > current {
+            return Err(StoreError::FutureRevision {
+                revision: target,
+                current,
+            });
+        }
+        let floor = self.history_floor()?;
+        if target < floor {
+            return Err(StoreError::BeforeHistory {
+                revision: target,
+                floor,
+            });
+        }
+        let mut start = HISTORY_PREFIX.to_vec();
+        start.extend_from_slice(&(target + 1).to_be_bytes());
+        let mut end = HISTORY_PREFIX.to_vec();
+        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        end.extend_from_slice(&u32::MAX.to_be_bytes());
+        let mut entries = Vec::new();
+        let mut kinds = std::collections::BTreeMap::new();
+        let mut now = std::collections::BTreeMap::new();
+        for item in self.inner.tree.range(start..=end) {
+            let (_, v) = item?;
+            let Ok(e) = serde_json::from_slice::<HistoryEntry>(&v) else {
+                continue;
+            };
+            let Some(kind) = Kind::from_collection(&e.collection) else {
+                continue;
+            };
+            let key = object_key(kind, &e.namespace, &e.name);
+            if !now.contains_key(&key) {
+                let stored = self
+                    .inner
+                    .tree
+                    .get(&key)?
+                    .and_then(|v| decode_object(&key, &v));
+                now.insert(key.clone(), stored);
+            }
+            kinds.insert(key.clone(), (kind, e.namespace.clone(), e.name.clone()));
+            entries.push((key, e));
+        }
+        let wanted = undo_after(target, &entries, now.clone());
+        let mut changes = Vec::new();
+        for (key, want) in wanted {
+            let Some((kind, namespace, name)) = kinds.get(&key).cloned() else {
+                continue;
+            };
+            let have = now.get(&key).cloned().flatten();
+            match want {
+                Some(obj)
+                    if have.as_ref().map(without_revision) != Some(without_revision(&obj)) =>
+                {
+                    changes.push(Change::Put(kind, obj));
+                }
+                Some(_) => {}
+                None if have.is_some() => changes.push(Change::Delete {
+                    kind,
+                    namespace,
+                    name,
+                }),
+                None => {}
+            }
+        }
+        if let Err(e) = check(&changes) {
+            return Ok(Err(e));
+        }
+        let res = self.apply_locked(changes).await?;
+        tracing::info!(
+            target,
+            revision = res.revision,
+            changes = res.applied.len(),
+            "rolled back"
+        );
+        Ok(Ok(res))
     }
 }

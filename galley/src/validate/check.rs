@@ -138,7 +138,8 @@ pub fn check_document(doc: &Document) -> Checked {
     {
         errs.push(cx.error("metadata.namespace", p));
     }
-    let structural = check_schema(api_version, kind_name, &obj.body, &cx);
+    let findings = check_schema(api_version, kind_name, &obj.body, &cx);
+    let structural = findings.structural;
     // The typed model and the semantic rules may trip over the same fields: keep the
     // structural error for them.
     let nested = |inner: &str, outer: &str| {
@@ -157,7 +158,15 @@ pub fn check_document(doc: &Document) -> Checked {
         .chain(check_semantic(kind, &obj, &cx))
         .filter(|e| !covered(&e.field))
         .collect();
+    // A CEL rule and a Rust rule may say the same thing: keep the Rust one (its field path is
+    // the more precise), and keep nothing under a structural error.
+    let rule_errs: Vec<ValidationError> = findings
+        .rules
+        .into_iter()
+        .filter(|r| !covered(&r.field) && !body_errs.iter().any(|b| b.message == r.message))
+        .collect();
     errs.extend(structural);
+    errs.extend(rule_errs);
     errs.extend(body_errs);
     if errs.is_empty() {
         Checked::Valid(ValidObject {

@@ -18,9 +18,12 @@ pub struct ValidationError {
 }
 
 impl std::fmt::Display for ValidationError {
-    /// `bookinfo.yaml:12: VirtualService default/reviews: spec.http[0].route[1].weight: <reason>`
+    /// `bookinfo.yaml:12: VirtualService default/reviews: spec.http[0].route[1].weight: <reason>`;
+    /// an object that came from no file (the admission webhook) has no `file:line: ` prefix.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: ", self.file, self.line)?;
+        if !self.file.is_empty() {
+            write!(f, "{}:{}: ", self.file, self.line)?;
+        }
         if !self.kind.is_empty() {
             write!(f, "{}", self.kind)?;
             match (self.namespace.is_empty(), self.name.is_empty()) {
@@ -90,5 +93,11 @@ mod tests {
             ..e
         };
         assert_eq!(bare.to_string(), "bookinfo.yaml:12: bad yaml");
+        let fileless = ValidationError {
+            file: String::new(),
+            kind: "Gateway".into(),
+            ..bare
+        };
+        assert_eq!(fileless.to_string(), "Gateway default/reviews: bad yaml");
     }
 }

@@ -7,6 +7,7 @@ use mesh_proto::config::{
 use serde_json::Value;
 
 use super::error::{ErrorContext, ValidationError};
+use super::expr::check_expression;
 
 /// Every problem of `obj`'s body. A body that does not fit the typed model yields that one
 /// error (the semantic rules need the typed view).
@@ -38,13 +39,55 @@ pub(crate) fn check_body(
             .err()
             .map_or_else(Vec::new, typed),
         Kind::Pod => obj.body_as::<Pod>().err().map_or_else(Vec::new, typed),
-        Kind::Rule => obj.spec::<RuleSpec>().err().map_or_else(Vec::new, typed),
+        Kind::Rule => match obj.spec::<RuleSpec>() {
+            Ok(rule) => mixer_rule(&rule, cx),
+            Err(e) => typed(e),
+        },
         Kind::Handler => obj.spec::<HandlerSpec>().err().map_or_else(Vec::new, typed),
-        Kind::Instance => obj
-            .spec::<InstanceSpec>()
-            .err()
-            .map_or_else(Vec::new, typed),
+        Kind::Instance => match obj.spec::<InstanceSpec>() {
+            Ok(instance) => {
+                let mut errs = Vec::new();
+                if let Some(params) = &instance.params {
+                    instance_params(params, "spec.params", cx, &mut errs);
+                }
+                errs
+            }
+            Err(e) => typed(e),
+        },
         _ => Vec::new(),
+    }
+}
+
+/// The rule's `match` must parse as a Mixer expression.
+fn mixer_rule(rule: &RuleSpec, cx: &ErrorContext) -> Vec<ValidationError> {
+    let Some(text) = rule.match_.as_deref() else {
+        return Vec::new();
+    };
+    match check_expression(text) {
+        Ok(()) => Vec::new(),
+        Err(e) => vec![cx.error("spec.match", format!("invalid expression {text:?}: {e}"))],
+    }
+}
+
+/// Every string in an instance's `params` is an attribute expression (map keys are names).
+fn instance_params(v: &Value, at: &str, cx: &ErrorContext, errs: &mut Vec<ValidationError>) {
+    match v {
+        Value::String(text) => {
+            if let Err(e) = check_expression(text) {
+                errs.push(cx.error(at, format!("invalid expression {text:?}: {e}")));
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                instance_params(item, &format!("{at}[{i}]"), cx, errs);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                instance_params(item, &format!("{at}.{k}"), cx, errs);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -22,6 +22,8 @@ pub(crate) fn check_semantic(
         Kind::ServiceEntry => service_entry(spec, cx),
         Kind::PeerAuthentication => peer_authentication(spec, cx),
         Kind::Sidecar => sidecar(spec, cx),
+        Kind::QuotaSpec => quota_spec(spec, cx),
+        Kind::QuotaSpecBinding => quota_spec_binding(spec, cx),
         _ => Vec::new(),
     }
 }
@@ -147,6 +149,109 @@ fn sidecar(spec: &Value, cx: &ErrorContext) -> Vec<ValidationError> {
     }
 }
 
+fn items<'a>(v: &'a Value, field: &str) -> &'a [Value] {
+    v.get(field)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+fn text<'a>(v: &'a Value, field: &str) -> &'a str {
+    v.get(field).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// Istio 1.4's `ValidateQuotaSpec`.
+fn quota_spec(spec: &Value, cx: &ErrorContext) -> Vec<ValidationError> {
+    let mut errs = Vec::new();
+    let rules = items(spec, "rules");
+    if rules.is_empty() {
+        errs.push(cx.error("spec.rules", "at least one rule must be specified"));
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        for (j, m) in items(rule, "match").iter().enumerate() {
+            let at = format!("spec.rules[{i}].match[{j}].clause");
+            let clause = m.get("clause").and_then(Value::as_object);
+            if clause.is_none_or(|c| c.is_empty()) {
+                errs.push(cx.error(at.clone(), "at least one match clause must be specified"));
+            }
+            for (name, sm) in clause.into_iter().flatten() {
+                if name.is_empty() {
+                    errs.push(cx.error(at.clone(), "attribute name is required"));
+                }
+                let set: Vec<&str> = ["exact", "prefix", "regex"]
+                    .into_iter()
+                    .filter(|k| sm.get(*k).is_some_and(|v| !v.is_null()))
+                    .collect();
+                if set.len() > 1 {
+                    errs.push(cx.error(
+                        format!("{at}.{name}"),
+                        "only one of exact, prefix, regex may be set",
+                    ));
+                }
+                for k in set {
+                    if text(sm, k).is_empty() {
+                        errs.push(cx.error(
+                            format!("{at}.{name}.{k}"),
+                            format!("{k} match for attribute {name:?} cannot be empty"),
+                        ));
+                    }
+                }
+            }
+        }
+        let quotas = items(rule, "quotas");
+        if quotas.is_empty() {
+            errs.push(cx.error(
+                format!("spec.rules[{i}].quotas"),
+                "at least one quota must be specified",
+            ));
+        }
+        for (j, q) in quotas.iter().enumerate() {
+            let at = format!("spec.rules[{i}].quotas[{j}]");
+            if text(q, "quota").is_empty() {
+                errs.push(cx.error(format!("{at}.quota"), "quota name is required"));
+            }
+            let charge = match q.get("charge") {
+                Some(Value::String(s)) => s.parse::<i64>().ok(),
+                Some(v) => v.as_i64(),
+                None => Some(0),
+            };
+            if charge.is_none_or(|c| c <= 0) {
+                errs.push(cx.error(
+                    format!("{at}.charge"),
+                    "quota charge amount must be positive",
+                ));
+            }
+        }
+    }
+    errs
+}
+
+/// Istio 1.4's `ValidateQuotaSpecBinding`.
+fn quota_spec_binding(spec: &Value, cx: &ErrorContext) -> Vec<ValidationError> {
+    let mut errs = Vec::new();
+    let services = items(spec, "services");
+    if services.is_empty() {
+        errs.push(cx.error("spec.services", "must specify at least one service"));
+    }
+    for (i, svc) in services.iter().enumerate() {
+        if text(svc, "name").is_empty() && text(svc, "service").is_empty() {
+            errs.push(cx.error(format!("spec.services[{i}]"), "name or service is required"));
+        }
+    }
+    let specs = items(spec, "quotaSpecs");
+    if specs.is_empty() {
+        errs.push(cx.error("spec.quotaSpecs", "must specify at least one quota spec"));
+    }
+    for (i, q) in specs.iter().enumerate() {
+        if text(q, "name").is_empty() {
+            errs.push(cx.error(
+                format!("spec.quotaSpecs[{i}].name"),
+                "quota spec name is required",
+            ));
+        }
+    }
+    errs
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -261,5 +366,35 @@ mod tests {
             1
         );
         assert!(fields(Kind::Sidecar, json!({"egress": [{"hosts": ["./*"]}]})).is_empty());
+    }
+
+    #[test]
+    fn quota_specs_and_bindings() {
+        let ok = json!({"rules": [{"match": [{"clause": {"api.operation": {"exact": "get"}}}],
+            "quotas": [{"quota": "read", "charge": 1}]}]});
+        assert!(fields(Kind::QuotaSpec, ok).is_empty());
+        assert_eq!(
+            fields(Kind::QuotaSpec, json!({})),
+            vec!["spec.rules: at least one rule must be specified"]
+        );
+        let f = fields(
+            Kind::QuotaSpec,
+            json!({"rules": [{"match": [{"clause": {}}], "quotas": [{"quota": "", "charge": 0}]}]}),
+        );
+        assert_eq!(f.len(), 3, "{f:?}");
+        assert!(
+            fields(
+                Kind::QuotaSpecBinding,
+                json!({"services": [{"name": "a", "namespace": "b"}], "quotaSpecs": [{"name": "q"}]})
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            fields(Kind::QuotaSpecBinding, json!({})),
+            vec![
+                "spec.services: must specify at least one service",
+                "spec.quotaSpecs: must specify at least one quota spec"
+            ]
+        );
     }
 }

@@ -113,8 +113,8 @@ metadata: {name: prod, namespace: ignored}
     let f = fields(&r);
     let expected: Vec<(usize, String)> = [
         (1, "spec.servers[0].hosts"),
-        (1, "spec.servers[1].port.protocol"),
         (1, "spec.servers[1].port.name"),
+        (1, "spec.servers[1].port.protocol"),
         (1, "spec.servers[2].port"),
         (11, "spec.ports[1].port"),
     ]
@@ -186,4 +186,42 @@ fn bookinfo_conformance_samples_validate() {
     }
     println!("conformance: {files} files, {objects} objects valid");
     assert!(files > 0);
+}
+
+#[test]
+fn mixer_expressions_are_parsed_at_the_door() {
+    let text = r#"apiVersion: config.istio.io/v1alpha2
+kind: rule
+metadata: {name: deny, namespace: istio-system}
+spec:
+  match: destination.labels["app"] == "ratings" &&
+  actions: [{handler: denier, instances: [nothing]}]
+---
+apiVersion: config.istio.io/v1alpha2
+kind: instance
+metadata: {name: requestcount, namespace: istio-system}
+spec:
+  compiledTemplate: metric
+  params:
+    value: "1"
+    dimensions:
+      source: source.workload.name | "unknown"
+      code: (response.code | 200
+"#;
+    let r = check_text("mixer.yaml", text);
+    let got: Vec<String> = r
+        .errors
+        .iter()
+        .map(|e| format!("{}:{}", e.field, e.message))
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[0].starts_with("spec.match:invalid expression")
+            && got[0].ends_with("position 42: expected an operand, found end of expression"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].starts_with("spec.params.dimensions.code:") && got[1].contains("position 21"),
+        "{got:?}"
+    );
 }

@@ -17,6 +17,8 @@ pub enum Kind {
     Handler,
     Instance,
     AttributeManifest,
+    QuotaSpec,
+    QuotaSpecBinding,
     Namespace,
     Service,
     Endpoints,
@@ -43,7 +45,7 @@ const CORE: &[&str] = &["v1"];
 const V1ALPHA3: &[&str] = &["v1alpha3"];
 
 impl Kind {
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 22] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -58,6 +60,8 @@ impl Kind {
         Kind::Handler,
         Kind::Instance,
         Kind::AttributeManifest,
+        Kind::QuotaSpec,
+        Kind::QuotaSpecBinding,
         Kind::Namespace,
         Kind::Service,
         Kind::Endpoints,
@@ -164,6 +168,20 @@ impl Kind {
                 "config.istio.io",
                 MIXER,
                 "istio/policy/v1beta1/attributemanifests",
+                true,
+            ),
+            Kind::QuotaSpec => (
+                "QuotaSpec",
+                "config.istio.io",
+                MIXER,
+                "istio/mixer/v1/config/client/quotaspecs",
+                true,
+            ),
+            Kind::QuotaSpecBinding => (
+                "QuotaSpecBinding",
+                "config.istio.io",
+                MIXER,
+                "istio/mixer/v1/config/client/quotaspecbindings",
                 true,
             ),
             Kind::Namespace => ("Namespace", "", CORE, "k8s/core/v1/namespaces", false),

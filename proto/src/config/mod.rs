@@ -10,6 +10,7 @@ mod core;
 mod kind;
 mod networking;
 mod policy;
+mod security;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ pub use self::core::*;
 pub use self::kind::{Kind, KindInfo};
 pub use self::networking::*;
 pub use self::policy::*;
+pub use self::security::*;
 
 /// Kubernetes-style object metadata (the fields the mesh uses; others are ignored).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
