@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 /// Label naming an xDS type (`cds`, `eds`, `lds`, `rds`).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -17,8 +18,19 @@ pub struct CollectionLabel {
     pub collection: String,
 }
 
+/// Label naming what a push recomputed: `full` or `endpoints` (EDS only).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+/// Buckets from 1 ms to ~33 s.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
 /// Every metric Pilot exports. Cheap to clone (the handles share their values).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PilotMetrics {
     /// `pilot_xds_pushes_total{type}`: xDS responses sent.
     pub xds_pushes: Family<TypeLabel, Counter>,
@@ -34,6 +46,33 @@ pub struct PilotMetrics {
     pub galley_nacks: Family<CollectionLabel, Counter>,
     /// `pilot_galley_connects_total`: streams opened to Galley.
     pub galley_connects: Counter,
+    /// `pilot_push_triggers_total{kind}`: debounced config changes pushed (`full`, `endpoints`).
+    pub push_triggers: Family<KindLabel, Counter>,
+    /// `pilot_push_context_seconds`: time to build the shared part of a push (registry, CDS, EDS).
+    pub push_context_time: Histogram,
+    /// `pilot_xds_push_seconds`: time to recompute and queue one proxy's push.
+    pub push_time: Histogram,
+    /// `pilot_xds_convergence_seconds`: from a config change reaching Pilot until every proxy
+    /// connected at push time answered (ACK or NACK) what it was sent.
+    pub convergence_time: Histogram,
+}
+
+impl Default for PilotMetrics {
+    fn default() -> Self {
+        PilotMetrics {
+            xds_pushes: Family::default(),
+            xds_nacks: Family::default(),
+            connected_proxies: Gauge::default(),
+            vs_skipped: Counter::default(),
+            galley_updates: Family::default(),
+            galley_nacks: Family::default(),
+            galley_connects: Counter::default(),
+            push_triggers: Family::default(),
+            push_context_time: seconds(),
+            push_time: seconds(),
+            convergence_time: seconds(),
+        }
+    }
 }
 
 impl PilotMetrics {
@@ -76,6 +115,26 @@ impl PilotMetrics {
                 "MCP streams opened to Galley",
                 m.galley_connects.clone(),
             );
+            r.register(
+                "pilot_push_triggers",
+                "Debounced config changes pushed, by what they recompute (full, endpoints)",
+                m.push_triggers.clone(),
+            );
+            r.register(
+                "pilot_push_context_seconds",
+                "Time to build the shared part of a push (registry, clusters, endpoints)",
+                m.push_context_time.clone(),
+            );
+            r.register(
+                "pilot_xds_push_seconds",
+                "Time to recompute and queue one proxy's push",
+                m.push_time.clone(),
+            );
+            r.register(
+                "pilot_xds_convergence_seconds",
+                "Time from a config change reaching Pilot until every connected proxy answered it",
+                m.convergence_time.clone(),
+            );
         });
         m
     }
@@ -85,6 +144,15 @@ impl PilotMetrics {
         self.xds_pushes
             .get_or_create(&TypeLabel {
                 r#type: type_.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a debounced push of `kind` (`full` or `endpoints`).
+    pub fn trigger(&self, kind: &str) {
+        self.push_triggers
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
             })
             .inc();
     }
@@ -110,7 +178,24 @@ mod tests {
         m.push("cds");
         m.nack("rds");
         m.connected_proxies.set(2);
+        m.trigger("endpoints");
+        m.convergence_time.observe(0.05);
+        m.push_time.observe(0.001);
+        m.push_context_time.observe(0.01);
         let text = reg.encode();
+        assert!(
+            text.contains("pilot_push_triggers_total{kind=\"endpoints\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pilot_xds_convergence_seconds_count 1"),
+            "{text}"
+        );
+        assert!(text.contains("pilot_xds_push_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("pilot_push_context_seconds_count 1"),
+            "{text}"
+        );
         assert!(
             text.contains("pilot_xds_pushes_total{type=\"cds\"} 1"),
             "{text}"

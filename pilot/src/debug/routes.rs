@@ -135,9 +135,10 @@ mod tests {
         )
         .await;
         assert_eq!(st, StatusCode::OK);
-        assert_eq!(dump["listeners"]["resources"][0]["name"], "virtualOutbound");
+        // [0] is virtualInbound.
+        assert_eq!(dump["listeners"]["resources"][1]["name"], "virtualOutbound");
         assert_eq!(
-            dump["listeners"]["resources"][0]["filters"][0]["rds"],
+            dump["listeners"]["resources"][1]["filters"][0]["rds"],
             "http_proxy"
         );
         assert_eq!(

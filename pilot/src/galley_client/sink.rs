@@ -20,13 +20,16 @@ pub use mesh_proto::mcp::sink::SinkError;
 pub const READY_CONDITION: &str = "galley-synced";
 
 /// The collections Pilot subscribes to.
-pub const COLLECTIONS: [Kind; 6] = [
+pub const COLLECTIONS: [Kind; 9] = [
     Kind::Service,
     Kind::Endpoints,
     Kind::Pod,
     Kind::VirtualService,
     Kind::DestinationRule,
     Kind::Gateway,
+    Kind::PeerAuthentication,
+    Kind::AuthorizationPolicy,
+    Kind::RequestAuthentication,
 ];
 
 /// Publishes each update as a new snapshot and records the sink's events in Pilot's metrics

@@ -43,6 +43,11 @@ impl RegistryCache {
         reg
     }
 
+    /// The DNS suffix services are named under.
+    pub fn domain_suffix(&self) -> &str {
+        &self.domain_suffix
+    }
+
     /// A receiver that wakes on every new snapshot.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshots.clone()

@@ -33,6 +33,8 @@ pub struct Registry {
     pub gateways: Vec<GatewayEntry>,
     /// Objects left out, with the reason.
     pub problems: Vec<String>,
+    /// PeerAuthentication, AuthorizationPolicy and RequestAuthentication objects.
+    pub security: super::security::SecurityPolicies,
 }
 
 struct PodInfo {
@@ -52,6 +54,8 @@ impl Registry {
         reg.add_virtual_services(snapshot);
         reg.add_destination_rules(snapshot);
         reg.add_gateways(snapshot);
+        reg.security =
+            super::security::SecurityPolicies::from_snapshot(snapshot, &mut reg.problems);
         reg
     }
 
@@ -132,6 +136,7 @@ impl Registry {
                     name: p.name.clone(),
                     port: p.port,
                     protocol: p.protocol.clone(),
+                    app_protocol: p.app_protocol.clone(),
                 })
                 .collect();
             ports.sort_by_key(|p| p.port);

@@ -24,6 +24,9 @@ pub struct Port {
     pub name: Option<String>,
     pub port: u16,
     pub protocol: Option<String>,
+    /// Kubernetes `appProtocol` (Istio's protocol selection reads it before the port name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
 }
 
 /// One workload address serving a service port.

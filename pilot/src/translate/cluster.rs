@@ -3,7 +3,9 @@
 use std::time::Duration as StdDuration;
 
 use mesh_proto::config::{Subset, TrafficPolicy};
-use mesh_proto::envoy::envoy::config::cluster::v3::{Cluster, cluster};
+use mesh_proto::envoy::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, OutlierDetection, circuit_breakers, cluster,
+};
 use mesh_proto::envoy::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, TransportSocket, config_source,
     transport_socket,
@@ -13,7 +15,9 @@ use mesh_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
 };
 use mesh_proto::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use mesh_proto::envoy::google::protobuf::UInt32Value;
 use mesh_proto::type_url;
+use serde_json::Value;
 
 use super::duration::parse_duration;
 use super::names::{cluster_name, sni, spiffe};
@@ -78,24 +82,28 @@ fn build(
     sans: &[String],
 ) -> Cluster {
     let name = cluster_name(port, subset, &svc.fqdn);
-    let pick = |f: fn(&TrafficPolicy) -> Option<&serde_json::Value>| {
-        local.and_then(f).or_else(|| top.and_then(f))
+    // The subset's policy wins over the rule's; in each, a `portLevelSettings` entry for this
+    // port wins over the policy's own setting.
+    let pick = |key: &str| {
+        local
+            .and_then(|p| policy_field(p, port, key))
+            .or_else(|| top.and_then(|p| policy_field(p, port, key)))
     };
     let tls_mode = local
         .and_then(|p| p.tls.as_ref())
         .or_else(|| top.and_then(|p| p.tls.as_ref()))
         .and_then(|t| t.mode.clone());
-    let connect_timeout = pick(|p| p.connection_pool.as_ref())
+    let connection_pool = pick("connectionPool");
+    let connect_timeout = connection_pool
         .and_then(|cp| cp.pointer("/tcp/connectTimeout"))
         .and_then(|v| v.as_str())
         .and_then(|s| parse_duration(s).ok())
         .unwrap_or(CONNECT_TIMEOUT);
-    let lb_policy = match pick(|p| p.load_balancer.as_ref())
-        .and_then(|lb| lb.get("simple"))
-        .and_then(|v| v.as_str())
-    {
+    let lb = pick("loadBalancer");
+    let lb_policy = match lb.and_then(|lb| lb.get("simple")).and_then(|v| v.as_str()) {
         Some("LEAST_CONN" | "LEAST_REQUEST") => cluster::LbPolicy::LeastRequest,
         Some("RANDOM") => cluster::LbPolicy::Random,
+        _ if lb.is_some_and(|lb| lb.get("consistentHash").is_some()) => cluster::LbPolicy::RingHash,
         _ => cluster::LbPolicy::RoundRobin,
     };
     let transport_socket = (tls_mode.as_deref() != Some("DISABLE"))
@@ -112,8 +120,118 @@ fn build(
         connect_timeout: Some(duration(connect_timeout)),
         lb_policy: lb_policy as i32,
         transport_socket,
+        circuit_breakers: connection_pool.and_then(circuit_breakers),
+        #[allow(deprecated)]
+        max_requests_per_connection: connection_pool
+            .and_then(|cp| cp.pointer("/http/maxRequestsPerConnection"))
+            .and_then(|v| v.as_u64())
+            .filter(|n| *n > 0)
+            .map(|n| UInt32Value {
+                value: u32::try_from(n).unwrap_or(u32::MAX),
+            }),
+        outlier_detection: pick("outlierDetection").and_then(outlier_detection),
         ..Cluster::default()
     }
+}
+
+/// The `loadBalancer` that applies to cluster `outbound|P|SUBSET|FQDN` (subset policy, then the
+/// rule's; port-level settings first in each).
+pub fn load_balancer<'a>(reg: &'a Registry, cluster_name: &str) -> Option<&'a Value> {
+    let mut parts = cluster_name.split('|');
+    let (_, port, subset, fqdn) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let port: u16 = port.parse().ok()?;
+    let dr = reg.destination_rule(fqdn)?;
+    let local = dr
+        .spec
+        .subsets
+        .iter()
+        .find(|s| !subset.is_empty() && s.name == subset)
+        .and_then(|s| s.traffic_policy.as_ref());
+    let top = dr.spec.traffic_policy.as_ref();
+    local
+        .and_then(|p| policy_field(p, port, "loadBalancer"))
+        .or_else(|| top.and_then(|p| policy_field(p, port, "loadBalancer")))
+}
+
+/// `key` (`loadBalancer`, `connectionPool`, `outlierDetection`) of a traffic policy, from its
+/// `portLevelSettings` entry for `port` when there is one that sets it.
+fn policy_field<'a>(p: &'a TrafficPolicy, port: u16, key: &str) -> Option<&'a Value> {
+    let port_level = p
+        .port_level_settings
+        .iter()
+        .find(|s| s.pointer("/port/number").and_then(Value::as_u64) == Some(u64::from(port)));
+    if let Some(v) = port_level.and_then(|s| s.get(key)) {
+        return Some(v);
+    }
+    match key {
+        "loadBalancer" => p.load_balancer.as_ref(),
+        "connectionPool" => p.connection_pool.as_ref(),
+        "outlierDetection" => p.outlier_detection.as_ref(),
+        _ => None,
+    }
+}
+
+fn u32_at(v: &Value, pointer: &str) -> Option<UInt32Value> {
+    v.pointer(pointer)
+        .and_then(Value::as_u64)
+        .map(|n| UInt32Value {
+            value: u32::try_from(n).unwrap_or(u32::MAX),
+        })
+}
+
+/// `connectionPool` → default-priority thresholds: `tcp.maxConnections` → `max_connections`,
+/// `http.http1MaxPendingRequests` → `max_pending_requests`, `http.http2MaxRequests` →
+/// `max_requests`, `http.maxRetries` → `max_retries`. Nothing set: no circuit breakers.
+fn circuit_breakers(cp: &Value) -> Option<CircuitBreakers> {
+    let t = circuit_breakers::Thresholds {
+        max_connections: u32_at(cp, "/tcp/maxConnections"),
+        max_pending_requests: u32_at(cp, "/http/http1MaxPendingRequests"),
+        max_requests: u32_at(cp, "/http/http2MaxRequests"),
+        max_retries: u32_at(cp, "/http/maxRetries"),
+        ..circuit_breakers::Thresholds::default()
+    };
+    let any = t.max_connections.is_some()
+        || t.max_pending_requests.is_some()
+        || t.max_requests.is_some()
+        || t.max_retries.is_some();
+    any.then(|| CircuitBreakers {
+        thresholds: vec![t],
+        ..CircuitBreakers::default()
+    })
+}
+
+/// `outlierDetection` → Envoy's: `consecutive5xxErrors` → `consecutive_5xx` (enforced 100%),
+/// `consecutiveGatewayErrors` and the deprecated `consecutiveErrors` (502/503/504) →
+/// `consecutive_gateway_failure` (enforced 100%), `interval`, `baseEjectionTime`,
+/// `maxEjectionPercent`, `minHealthPercent`. Unset counters are not enforced.
+fn outlier_detection(od: &Value) -> Option<OutlierDetection> {
+    let dur = |key: &str| {
+        od.get(key)
+            .and_then(Value::as_str)
+            .and_then(|s| parse_duration(s).ok())
+            .map(duration)
+    };
+    let five = u32_at(od, "/consecutive5xxErrors");
+    let gateway =
+        u32_at(od, "/consecutiveGatewayErrors").or_else(|| u32_at(od, "/consecutiveErrors"));
+    let enforce = |on: bool| {
+        Some(UInt32Value {
+            value: if on { 100 } else { 0 },
+        })
+    };
+    Some(OutlierDetection {
+        enforcing_consecutive_5xx: enforce(five.as_ref().is_some_and(|v| v.value > 0)),
+        consecutive_5xx: five,
+        enforcing_consecutive_gateway_failure: enforce(
+            gateway.as_ref().is_some_and(|v| v.value > 0),
+        ),
+        consecutive_gateway_failure: gateway,
+        interval: dur("interval"),
+        base_ejection_time: dur("baseEjectionTime"),
+        max_ejection_percent: u32_at(od, "/maxEjectionPercent"),
+        enforcing_success_rate: Some(UInt32Value { value: 0 }),
+        ..OutlierDetection::default()
+    })
 }
 
 /// `envoy.transport_sockets.tls` with Istio's mutual TLS: SDS `default` cert, SDS `ROOTCA`

@@ -19,6 +19,7 @@ use mesh_proto::envoy::google::protobuf::{BoolValue, UInt32Value};
 use super::duration::parse_duration;
 use super::names::cluster_name;
 use super::resources::duration;
+use super::traffic;
 use crate::model::{Registry, VirtualServiceEntry};
 
 /// Where the routes are being built.
@@ -64,9 +65,34 @@ pub fn http_routes(ctx: &RouteContext<'_>) -> Result<Vec<Route>, RouteError> {
             .name
             .clone()
             .unwrap_or_else(|| format!("{}.{}.{i}", ctx.vs.namespace, ctx.vs.name));
-        let (add, remove) = header_ops(rule.headers.as_ref().and_then(|h| h.request.as_ref()));
-        let (resp_add, resp_remove) =
+        let (mut add, mut remove) =
+            header_ops(rule.headers.as_ref().and_then(|h| h.request.as_ref()));
+        let (mut resp_add, mut resp_remove) =
             header_ops(rule.headers.as_ref().and_then(|h| h.response.as_ref()));
+        // One destination: its own header operations go on the route (as Istio does); with
+        // several they stay on each weighted cluster.
+        if let [only] = rule.route.as_slice()
+            && let Some(h) = &only.headers
+        {
+            let (a, r) = header_ops(h.request.as_ref());
+            add.extend(a);
+            remove.extend(r);
+            let (a, r) = header_ops(h.response.as_ref());
+            resp_add.extend(a);
+            resp_remove.extend(r);
+        }
+        let mut per_filter = std::collections::HashMap::new();
+        if let Some(f) = &rule.fault
+            && let Some(any) = traffic::fault(f).map_err(err)?
+        {
+            per_filter.insert(traffic::FAULT_FILTER.to_string(), any);
+        }
+        if let Some(c) = &rule.cors_policy {
+            per_filter.insert(
+                traffic::CORS_FILTER.to_string(),
+                traffic::cors(c).map_err(err)?,
+            );
+        }
         for m in matches {
             out.push(Route {
                 name: name.clone(),
@@ -76,6 +102,7 @@ pub fn http_routes(ctx: &RouteContext<'_>) -> Result<Vec<Route>, RouteError> {
                 request_headers_to_remove: remove.clone(),
                 response_headers_to_add: resp_add.clone(),
                 response_headers_to_remove: resp_remove.clone(),
+                typed_per_filter_config: per_filter.clone(),
                 ..Route::default()
             });
         }
@@ -83,12 +110,19 @@ pub fn http_routes(ctx: &RouteContext<'_>) -> Result<Vec<Route>, RouteError> {
     Ok(out)
 }
 
-/// The catch-all route to one cluster.
-pub fn default_route(cluster: String) -> Route {
+/// The catch-all route to one cluster (Istio's default retry policy; the cluster's
+/// consistentHash, if any).
+pub fn default_route(registry: &Registry, cluster: String) -> Route {
+    let hash_policy = super::cluster::load_balancer(registry, &cluster)
+        .and_then(traffic::hash_policy)
+        .into_iter()
+        .collect();
     Route {
         name: "default".to_string(),
         r#match: Some(prefix_match("/")),
         action: Some(route::Action::Route(RouteAction {
+            hash_policy,
+            retry_policy: traffic::retry_policy(None).ok().flatten(),
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
             ..RouteAction::default()
         })),
@@ -272,19 +306,30 @@ fn action(ctx: &RouteContext<'_>, rule: &HttpRoute) -> Result<route::Action, Str
             clusters.push((
                 destination_cluster(ctx, d).map_err(|e| format!("route[{i}]: {e}"))?,
                 weight,
+                d.headers.as_ref(),
             ));
         }
     }
     let cluster_specifier = match clusters.as_slice() {
         [] => return Err("every destination has weight 0".to_string()),
-        [(name, _)] => route_action::ClusterSpecifier::Cluster(name.clone()),
+        [(name, _, _)] => route_action::ClusterSpecifier::Cluster(name.clone()),
         many => route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: many
                 .iter()
-                .map(|(name, w)| weighted_cluster::ClusterWeight {
-                    name: name.clone(),
-                    weight: Some(UInt32Value { value: *w }),
-                    ..weighted_cluster::ClusterWeight::default()
+                .map(|(name, w, headers)| {
+                    let (request_headers_to_add, request_headers_to_remove) =
+                        header_ops(headers.and_then(|h| h.request.as_ref()));
+                    let (response_headers_to_add, response_headers_to_remove) =
+                        header_ops(headers.and_then(|h| h.response.as_ref()));
+                    weighted_cluster::ClusterWeight {
+                        name: name.clone(),
+                        weight: Some(UInt32Value { value: *w }),
+                        request_headers_to_add,
+                        request_headers_to_remove,
+                        response_headers_to_add,
+                        response_headers_to_remove,
+                        ..weighted_cluster::ClusterWeight::default()
+                    }
                 })
                 .collect(),
             ..WeightedCluster::default()
@@ -297,7 +342,33 @@ fn action(ctx: &RouteContext<'_>, rule: &HttpRoute) -> Result<route::Action, Str
         None => None,
     };
     let rewrite = rule.rewrite.as_ref();
+    let retry_policy = traffic::retry_policy(rule.retries.as_ref())?;
+    let request_mirror_policies = match &rule.mirror {
+        None => Vec::new(),
+        Some(m) => {
+            let d = HttpRouteDestination {
+                destination: m.clone(),
+                ..HttpRouteDestination::default()
+            };
+            let cluster = destination_cluster(ctx, &d).map_err(|e| format!("mirror: {e}"))?;
+            vec![traffic::mirror_policy(
+                cluster,
+                rule.mirror_percentage.as_ref(),
+            )]
+        }
+    };
+    // consistentHash of the (first) destination's DestinationRule → the route's hash policy.
+    let hash_policy = clusters
+        .iter()
+        .find_map(|(name, _, _)| {
+            super::cluster::load_balancer(ctx.registry, name).and_then(traffic::hash_policy)
+        })
+        .into_iter()
+        .collect();
     Ok(route::Action::Route(RouteAction {
+        hash_policy,
+        retry_policy,
+        request_mirror_policies,
         cluster_specifier: Some(cluster_specifier),
         prefix_rewrite: rewrite.and_then(|r| r.uri.clone()).unwrap_or_default(),
         host_rewrite_specifier: rewrite

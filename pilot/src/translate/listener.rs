@@ -1,6 +1,8 @@
 //! LDS: the sidecar's `virtualOutbound`, or one `0.0.0.0_<port>` per gateway server port.
 
 use mesh_proto::envoy::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use mesh_proto::envoy::envoy::extensions::filters::http::cors::v3::Cors;
+use mesh_proto::envoy::envoy::extensions::filters::http::fault::v3::HttpFault;
 use mesh_proto::envoy::envoy::extensions::filters::http::router::v3::Router;
 use mesh_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
@@ -11,6 +13,8 @@ use super::cluster::ads_config_source;
 use super::endpoint::socket;
 use super::names::{HTTP_PROXY_ROUTE, VIRTUAL_OUTBOUND, gateway_listener, gateway_route};
 use super::resources::pack;
+use super::traffic::{CORS_FILTER, FAULT_FILTER};
+use prost::Name;
 
 /// The well-known HCM filter name.
 pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
@@ -39,14 +43,33 @@ fn http_listener(name: &str, ip: &str, port: u32, route_config: &str) -> Listene
             config_source: Some(ads_config_source()),
             route_config_name: route_config.to_string(),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".to_string(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack(
-                ROUTER_TYPE_URL,
-                &Router::default(),
-            ))),
-            ..HttpFilter::default()
-        }],
+        // As Istio orders them: CORS and fault injection (configured per route), then the router.
+        http_filters: vec![
+            HttpFilter {
+                name: CORS_FILTER.to_string(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack(
+                    &Cors::type_url(),
+                    &Cors::default(),
+                ))),
+                ..HttpFilter::default()
+            },
+            HttpFilter {
+                name: FAULT_FILTER.to_string(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack(
+                    &HttpFault::type_url(),
+                    &HttpFault::default(),
+                ))),
+                ..HttpFilter::default()
+            },
+            HttpFilter {
+                name: "envoy.filters.http.router".to_string(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack(
+                    ROUTER_TYPE_URL,
+                    &Router::default(),
+                ))),
+                ..HttpFilter::default()
+            },
+        ],
         ..HttpConnectionManager::default()
     };
     Listener {

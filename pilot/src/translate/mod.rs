@@ -4,6 +4,8 @@
 //!  Registry ─┬─ cluster.rs      CDS  outbound|P||FQDN, outbound|P|SUBSET|FQDN (+ mTLS socket)
 //!            ├─ endpoint.rs     EDS  one ClusterLoadAssignment per cluster
 //!            ├─ listener.rs     LDS  virtualOutbound | 0.0.0.0_<port>
+//!            ├─ tcp.rs          LDS  0.0.0.0_<port> tcp_proxy for TCP service ports
+//!            ├─ inbound.rs      LDS  virtualInbound: peer_authn.rs (mTLS mode), jwt.rs, rbac.rs
 //!            └─ route_table.rs  RDS  http_proxy | http.<port>   (http_route.rs: VS rules → routes)
 //! ```
 //! Output is sorted by name so that the versions (hashes of the encoded resources) are stable.
@@ -12,11 +14,17 @@ mod cluster;
 mod duration;
 mod endpoint;
 mod http_route;
+mod inbound;
+mod jwt;
 mod listener;
 mod names;
+mod peer_authn;
 mod proxy_info;
+mod rbac;
 mod resources;
 mod route_table;
+mod tcp;
+mod traffic;
 
 use mesh_proto::envoy::envoy::config::cluster::v3::Cluster;
 use mesh_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -24,11 +32,14 @@ use mesh_proto::envoy::envoy::config::listener::v3::Listener;
 use mesh_proto::envoy::envoy::config::route::v3::RouteConfiguration;
 
 pub use duration::{DurationError, parse_duration};
+pub use inbound::{VIRTUAL_INBOUND, inbound_listener};
 pub use names::{
     HTTP_PROXY_ROUTE, VIRTUAL_OUTBOUND, cluster_name, gateway_listener, gateway_route, sni, spiffe,
 };
+pub use peer_authn::{MtlsMode, MtlsSettings, mtls_settings};
 pub use proxy_info::{ProxyInfo, ProxyInfoError, ProxyType};
 pub use resources::{EncodedResource, TypeResources, XdsType, pack};
+pub use tcp::{PortProtocol, TCP_PROXY_FILTER, port_protocol};
 
 use crate::model::{Registry, VirtualServiceEntry};
 
@@ -117,31 +128,8 @@ impl ProxyConfig {
 
 /// Translates the registry into `proxy`'s configuration.
 pub fn translate(reg: &Registry, proxy: &ProxyInfo, opts: &Options) -> ProxyConfig {
-    let mut skipped = Vec::new();
-    let clusters = cluster::clusters(reg, &opts.trust_domain);
-    let endpoints = endpoint::load_assignments(reg);
-    let (listeners, routes) = match proxy.proxy_type {
-        ProxyType::Sidecar => (
-            vec![listener::sidecar_listener()],
-            vec![route_table::sidecar_routes(reg, proxy, &mut skipped)],
-        ),
-        ProxyType::Router => {
-            let gateways: Vec<_> = reg
-                .gateways
-                .iter()
-                .filter(|g| g.selects(&proxy.labels))
-                .collect();
-            let routes = route_table::gateway_routes(reg, proxy, &gateways, &mut skipped);
-            let listeners = routes
-                .iter()
-                .filter_map(|r| r.name.strip_prefix("http.")?.parse::<u32>().ok())
-                .map(listener::gateway_listener_for)
-                .collect();
-            (listeners, routes)
-        }
-    };
-    skipped.sort_by(|a, b| a.virtual_service.cmp(&b.virtual_service));
-    skipped.dedup();
+    let (clusters, endpoints) = translate_shared(reg, opts);
+    let (listeners, routes, skipped) = translate_proxy(reg, proxy, opts);
     ProxyConfig {
         listeners,
         routes,
@@ -151,5 +139,70 @@ pub fn translate(reg: &Registry, proxy: &ProxyInfo, opts: &Options) -> ProxyConf
     }
 }
 
+/// The part of every proxy's config that does not depend on the proxy: CDS and EDS.
+pub fn translate_shared(
+    reg: &Registry,
+    opts: &Options,
+) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
+    (
+        cluster::clusters(reg, &opts.trust_domain),
+        endpoint::load_assignments(reg),
+    )
+}
+
+/// The part of a proxy's config that depends on the proxy (its type, namespace and labels):
+/// LDS, RDS and the VirtualServices left out.
+pub fn translate_proxy(
+    reg: &Registry,
+    proxy: &ProxyInfo,
+    _opts: &Options,
+) -> (Vec<Listener>, Vec<RouteConfiguration>, Vec<Skipped>) {
+    let mut skipped = Vec::new();
+    let (listeners, routes) = match proxy.proxy_type {
+        ProxyType::Sidecar => (
+            // Sorted by name: 0.0.0.0_<port> (TCP ports), virtualInbound, virtualOutbound.
+            tcp::sidecar_tcp_listeners(reg, proxy, &mut skipped)
+                .into_iter()
+                .chain([
+                    inbound::inbound_listener(reg, proxy),
+                    listener::sidecar_listener(),
+                ])
+                .collect(),
+            vec![route_table::sidecar_routes(reg, proxy, &mut skipped)],
+        ),
+        ProxyType::Router => {
+            let gateways: Vec<_> = reg
+                .gateways
+                .iter()
+                .filter(|g| g.selects(&proxy.labels))
+                .collect();
+            // TLS passthrough ports get a tcp_proxy listener (by SNI) instead of HTTP.
+            let passthrough = tcp::gateway_passthrough_listeners(reg, &gateways, &mut skipped);
+            let tls_names: Vec<String> = passthrough.iter().map(|l| l.name.clone()).collect();
+            let http_port = |r: &RouteConfiguration| {
+                let port = r.name.strip_prefix("http.")?.parse::<u32>().ok()?;
+                (!tls_names.contains(&gateway_listener(port))).then_some(port)
+            };
+            let routes: Vec<_> = route_table::gateway_routes(reg, proxy, &gateways, &mut skipped)
+                .into_iter()
+                .filter(|r| http_port(r).is_some())
+                .collect();
+            let mut listeners: Vec<_> = routes
+                .iter()
+                .filter_map(http_port)
+                .map(listener::gateway_listener_for)
+                .chain(passthrough)
+                .collect();
+            listeners.sort_by(|a, b| a.name.cmp(&b.name));
+            (listeners, routes)
+        }
+    };
+    skipped.sort_by(|a, b| a.virtual_service.cmp(&b.virtual_service));
+    skipped.dedup();
+    (listeners, routes, skipped)
+}
+
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod tests;

@@ -37,7 +37,7 @@ pub fn sidecar_routes(
                 }
             }
             if routes.is_empty() {
-                routes.push(default_route(cluster_name(port.port, "", &svc.fqdn)));
+                routes.push(default_route(reg, cluster_name(port.port, "", &svc.fqdn)));
             }
             virtual_hosts.push(VirtualHost {
                 name: format!("{}:{}", svc.fqdn, port.port),

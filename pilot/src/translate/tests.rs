@@ -228,14 +228,17 @@ fn route_cluster(a: &Option<route::Action>) -> Vec<(String, u32)> {
 #[test]
 fn sidecar_listener_points_at_http_proxy() {
     let cfg = translate(&registry(bookinfo()), &sidecar("default"), &opts());
-    assert_eq!(cfg.listeners.len(), 1);
-    assert_eq!(cfg.listeners[0].name, "virtualOutbound");
-    assert_eq!(port_of(&cfg.listeners[0]), 15001);
+    // virtualInbound (security.rs tests it) sorts before virtualOutbound.
+    assert_eq!(cfg.listeners.len(), 2);
+    assert_eq!(cfg.listeners[0].name, "virtualInbound");
+    let outbound = &cfg.listeners[1];
+    assert_eq!(outbound.name, "virtualOutbound");
+    assert_eq!(port_of(outbound), 15001);
     assert_eq!(
-        cfg.listeners[0].filter_chains[0].filters[0].name,
+        outbound.filter_chains[0].filters[0].name,
         "envoy.filters.network.http_connection_manager"
     );
-    assert_eq!(rds_name(&cfg.listeners[0]), "http_proxy");
+    assert_eq!(rds_name(outbound), "http_proxy");
     assert_eq!(cfg.routes.len(), 1);
     assert_eq!(cfg.routes[0].name, "http_proxy");
 }
@@ -484,4 +487,348 @@ fn versions_are_stable_and_follow_content() {
     );
     assert_ne!(a.clusters.version, c.clusters.version, "SAN list changed");
     assert_eq!(a.get(XdsType::Route).resources.len(), 1);
+}
+
+// ---- traffic features: fault, retries, header operations, mirror, CORS, DestinationRule ----
+
+fn with_ratings_vs(http: serde_json::Value) -> ProxyConfig {
+    let mut objs: Vec<ConfigObject> = bookinfo()
+        .into_iter()
+        .filter(|o| o.metadata.name != "ratings-broken")
+        .collect();
+    objs.extend(objects(serde_json::json!([
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+         "metadata": {"name": "ratings", "namespace": "default"},
+         "spec": {"hosts": ["ratings"], "http": http}}
+    ])));
+    let cfg = translate(&registry(objs), &sidecar("default"), &opts());
+    assert!(cfg.skipped.is_empty(), "{:?}", cfg.skipped);
+    cfg
+}
+
+fn ratings_routes(cfg: &ProxyConfig) -> Vec<mesh_proto::envoy::envoy::config::route::v3::Route> {
+    cfg.routes[0]
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "ratings.default.svc.cluster.local:9080")
+        .unwrap()
+        .routes
+        .clone()
+}
+
+fn route_action_of(
+    r: &mesh_proto::envoy::envoy::config::route::v3::Route,
+) -> mesh_proto::envoy::envoy::config::route::v3::RouteAction {
+    match r.action.clone() {
+        Some(route::Action::Route(ra)) => ra,
+        other => panic!("not a route action: {other:?}"),
+    }
+}
+
+#[test]
+fn fault_becomes_per_route_http_fault_and_the_filter_is_in_the_chain() {
+    use mesh_proto::envoy::envoy::extensions::filters::common::fault::v3::fault_delay;
+    use mesh_proto::envoy::envoy::extensions::filters::http::fault::v3::{HttpFault, fault_abort};
+    use mesh_proto::envoy::envoy::r#type::v3::fractional_percent::DenominatorType;
+    let cfg = with_ratings_vs(serde_json::json!([
+        {"match": [{"headers": {"end-user": {"exact": "jason"}}}],
+         "fault": {"delay": {"percentage": {"value": 100.0}, "fixedDelay": "7s"},
+                   "abort": {"percent": 10, "httpStatus": 500}},
+         "route": [{"destination": {"host": "ratings"}}]},
+        {"fault": {"abort": {"percentage": {"value": 0.5}, "httpStatus": 503}},
+         "route": [{"destination": {"host": "ratings"}}]}
+    ]));
+    let routes = ratings_routes(&cfg);
+    let fault = |i: usize| -> HttpFault {
+        let any = routes[i]
+            .typed_per_filter_config
+            .get("envoy.filters.http.fault")
+            .expect("fault config");
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+        );
+        HttpFault::decode(any.value.as_slice()).unwrap()
+    };
+    let f0 = fault(0);
+    let delay = f0.delay.unwrap();
+    assert_eq!(
+        delay.fault_delay_secifier,
+        Some(fault_delay::FaultDelaySecifier::FixedDelay(
+            mesh_proto::envoy::google::protobuf::Duration {
+                seconds: 7,
+                nanos: 0
+            }
+        ))
+    );
+    let p = delay.percentage.unwrap();
+    assert_eq!(
+        (p.numerator, p.denominator),
+        (1_000_000, DenominatorType::Million as i32)
+    );
+    let abort = f0.abort.unwrap();
+    assert_eq!(
+        abort.error_type,
+        Some(fault_abort::ErrorType::HttpStatus(500))
+    );
+    let p = abort.percentage.unwrap();
+    assert_eq!(
+        (p.numerator, p.denominator),
+        (10, DenominatorType::Hundred as i32)
+    );
+    let f1 = fault(1);
+    assert!(f1.delay.is_none());
+    assert_eq!(f1.abort.unwrap().percentage.unwrap().numerator, 5_000);
+    // The HCM carries the fault filter before the router.
+    let outbound = cfg
+        .listeners
+        .iter()
+        .find(|l| l.name == "virtualOutbound")
+        .unwrap();
+    let names: Vec<String> = hcm(outbound)
+        .http_filters
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.cors",
+            "envoy.filters.http.fault",
+            "envoy.filters.http.router"
+        ]
+    );
+}
+
+#[test]
+fn bad_fault_skips_the_virtual_service() {
+    let mut objs = bookinfo();
+    objs.extend(objects(serde_json::json!([
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+         "metadata": {"name": "details", "namespace": "default"},
+         "spec": {"hosts": ["ratings"], "http": [{"fault": {"abort": {"httpStatus": 42}},
+            "route": [{"destination": {"host": "ratings"}}]}]}}
+    ])));
+    let cfg = translate(&registry(objs), &sidecar("default"), &opts());
+    assert!(
+        cfg.skipped
+            .iter()
+            .any(|s| s.virtual_service == "default/details" && s.reason.contains("httpStatus")),
+        "{:?}",
+        cfg.skipped
+    );
+}
+
+#[test]
+fn retries_follow_the_rule_or_istio_default() {
+    let cfg = with_ratings_vs(serde_json::json!([
+        {"match": [{"uri": {"prefix": "/a"}}],
+         "retries": {"attempts": 3, "perTryTimeout": "2s", "retryOn": "gateway-error,connect-failure,409"},
+         "route": [{"destination": {"host": "ratings"}}]},
+        {"match": [{"uri": {"prefix": "/b"}}], "retries": {"attempts": 0},
+         "route": [{"destination": {"host": "ratings"}}]},
+        {"route": [{"destination": {"host": "ratings"}}]}
+    ]));
+    let routes = ratings_routes(&cfg);
+    let rp = route_action_of(&routes[0]).retry_policy.unwrap();
+    assert_eq!(
+        rp.retry_on,
+        "gateway-error,connect-failure,retriable-status-codes"
+    );
+    assert_eq!(rp.num_retries.unwrap().value, 3);
+    assert_eq!(rp.per_try_timeout.unwrap().seconds, 2);
+    assert_eq!(rp.retriable_status_codes, vec![409]);
+    assert_eq!(
+        rp.retry_host_predicate[0].name,
+        "envoy.retry_host_predicates.previous_hosts"
+    );
+    assert!(route_action_of(&routes[1]).retry_policy.is_none());
+    let default = route_action_of(&routes[2]).retry_policy.unwrap();
+    assert_eq!(
+        default.retry_on,
+        "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+    );
+    assert_eq!(default.num_retries.unwrap().value, 2);
+    assert_eq!(default.retriable_status_codes, vec![503]);
+}
+
+#[test]
+fn header_operations_rule_and_destination() {
+    use mesh_proto::envoy::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+    let cfg = with_ratings_vs(serde_json::json!([
+        {"match": [{"uri": {"prefix": "/one"}}],
+         "headers": {"request": {"set": {"X-Set": "s"}, "add": {"x-add": "a"}, "remove": ["x-gone"]},
+                     "response": {"remove": ["server"]}},
+         "route": [{"destination": {"host": "ratings"},
+                    "headers": {"response": {"set": {"x-dest": "d"}}}}]},
+        {"route": [
+            {"destination": {"host": "ratings", "subset": "v1"}, "weight": 50,
+             "headers": {"request": {"set": {"x-subset": "v1"}}}},
+            {"destination": {"host": "ratings", "subset": "v2"}, "weight": 50}]}
+    ]));
+    let routes = ratings_routes(&cfg);
+    let r = &routes[0];
+    let adds: Vec<(String, String, i32)> = r
+        .request_headers_to_add
+        .iter()
+        .map(|h| {
+            let hv = h.header.clone().unwrap();
+            (hv.key, hv.value, h.append_action)
+        })
+        .collect();
+    assert_eq!(
+        adds,
+        vec![
+            (
+                "x-set".into(),
+                "s".into(),
+                HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+            ),
+            (
+                "x-add".into(),
+                "a".into(),
+                HeaderAppendAction::AppendIfExistsOrAdd as i32
+            )
+        ]
+    );
+    assert_eq!(r.request_headers_to_remove, vec!["x-gone"]);
+    assert_eq!(r.response_headers_to_remove, vec!["server"]);
+    assert_eq!(
+        r.response_headers_to_add[0].header.as_ref().unwrap().key,
+        "x-dest"
+    );
+    let Some(route_action::ClusterSpecifier::WeightedClusters(w)) =
+        route_action_of(&routes[1]).cluster_specifier
+    else {
+        panic!("weighted")
+    };
+    assert_eq!(
+        w.clusters[0].request_headers_to_add[0]
+            .header
+            .as_ref()
+            .unwrap()
+            .key,
+        "x-subset"
+    );
+    assert!(w.clusters[1].request_headers_to_add.is_empty());
+}
+
+#[test]
+fn mirror_and_cors() {
+    use mesh_proto::envoy::envoy::extensions::filters::http::cors::v3::CorsPolicy;
+    let cfg = with_ratings_vs(serde_json::json!([
+        {"route": [{"destination": {"host": "ratings"}}],
+         "mirror": {"host": "reviews", "subset": "v2"}, "mirrorPercentage": {"value": 25.0},
+         "corsPolicy": {"allowOrigins": [{"exact": "https://a.example"}],
+                        "allowMethods": ["GET", "POST"], "maxAge": "24h", "allowCredentials": true}}
+    ]));
+    let routes = ratings_routes(&cfg);
+    let ra = route_action_of(&routes[0]);
+    let m = &ra.request_mirror_policies[0];
+    assert_eq!(
+        m.cluster,
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    );
+    assert_eq!(
+        m.runtime_fraction
+            .as_ref()
+            .unwrap()
+            .default_value
+            .unwrap()
+            .numerator,
+        250_000
+    );
+    let any = &routes[0].typed_per_filter_config["envoy.filters.http.cors"];
+    let cors = CorsPolicy::decode(any.value.as_slice()).unwrap();
+    assert_eq!(cors.allow_methods, "GET,POST");
+    assert_eq!(cors.max_age, "86400");
+    assert!(cors.allow_credentials.unwrap().value);
+    assert_eq!(cors.allow_origin_string_match.len(), 1);
+}
+
+#[test]
+fn destination_rule_policies_become_cluster_settings() {
+    let mut objs: Vec<ConfigObject> = bookinfo()
+        .into_iter()
+        .filter(|o| !(o.kind == "DestinationRule" && o.metadata.name == "reviews"))
+        .collect();
+    objs.extend(objects(serde_json::json!([
+        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+         "metadata": {"name": "reviews", "namespace": "default"},
+         "spec": {"host": "reviews",
+            "trafficPolicy": {
+                "loadBalancer": {"simple": "LEAST_CONN"},
+                "connectionPool": {"tcp": {"maxConnections": 1},
+                                   "http": {"http1MaxPendingRequests": 1, "maxRequestsPerConnection": 1}},
+                "outlierDetection": {"consecutive5xxErrors": 1, "interval": "1s",
+                                     "baseEjectionTime": "3m", "maxEjectionPercent": 100}},
+            "subsets": [
+                {"name": "v1", "labels": {"version": "v1"},
+                 "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"},
+                    "portLevelSettings": [{"port": {"number": 9080},
+                        "connectionPool": {"http": {"http2MaxRequests": 7}}}]}},
+                {"name": "v2", "labels": {"version": "v2"}}]}}
+    ])));
+    let cfg = translate(&registry(objs), &sidecar("default"), &opts());
+    let top = cluster(&cfg, "outbound|9080||reviews.default.svc.cluster.local");
+    assert_eq!(top.lb_policy, cluster::LbPolicy::LeastRequest as i32);
+    let t = &top.circuit_breakers.as_ref().unwrap().thresholds[0];
+    assert_eq!(t.max_connections.unwrap().value, 1);
+    assert_eq!(t.max_pending_requests.unwrap().value, 1);
+    assert!(t.max_requests.is_none());
+    #[allow(deprecated)]
+    let mrpc = top.max_requests_per_connection.unwrap().value;
+    assert_eq!(mrpc, 1);
+    let od = top.outlier_detection.clone().unwrap();
+    assert_eq!(od.consecutive_5xx.unwrap().value, 1);
+    assert_eq!(od.enforcing_consecutive_5xx.unwrap().value, 100);
+    assert_eq!(od.enforcing_consecutive_gateway_failure.unwrap().value, 0);
+    assert_eq!(od.interval.unwrap().seconds, 1);
+    assert_eq!(od.base_ejection_time.unwrap().seconds, 180);
+    assert_eq!(od.max_ejection_percent.unwrap().value, 100);
+    let v1 = cluster(&cfg, "outbound|9080|v1|reviews.default.svc.cluster.local");
+    assert_eq!(v1.lb_policy, cluster::LbPolicy::Random as i32);
+    let t = &v1.circuit_breakers.as_ref().unwrap().thresholds[0];
+    assert_eq!(t.max_requests.unwrap().value, 7, "port level wins");
+    assert!(t.max_connections.is_none(), "port level replaces the pool");
+    assert!(v1.outlier_detection.is_some(), "inherited from the rule");
+    let v2 = cluster(&cfg, "outbound|9080|v2|reviews.default.svc.cluster.local");
+    assert_eq!(v2.lb_policy, cluster::LbPolicy::LeastRequest as i32);
+    let plain = cluster(&cfg, "outbound|9080||ratings.default.svc.cluster.local");
+    assert!(plain.circuit_breakers.is_none() && plain.outlier_detection.is_none());
+}
+
+#[test]
+fn consistent_hash_becomes_ring_hash_and_route_hash_policy() {
+    use mesh_proto::envoy::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+    let mut objs: Vec<ConfigObject> = bookinfo()
+        .into_iter()
+        .filter(|o| {
+            !(o.kind == "DestinationRule" && o.metadata.name == "ratings")
+                && o.metadata.name != "ratings-broken"
+        })
+        .collect();
+    objs.extend(objects(serde_json::json!([
+        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+         "metadata": {"name": "ratings", "namespace": "default"},
+         "spec": {"host": "ratings",
+                  "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpHeaderName": "X-User"}}}}}
+    ])));
+    let cfg = translate(&registry(objs), &sidecar("default"), &opts());
+    let c = cluster(&cfg, "outbound|9080||ratings.default.svc.cluster.local");
+    assert_eq!(c.lb_policy, cluster::LbPolicy::RingHash as i32);
+    let routes = ratings_routes(&cfg);
+    let hp = &route_action_of(&routes[0]).hash_policy;
+    assert_eq!(hp.len(), 1);
+    match &hp[0].policy_specifier {
+        Some(PolicySpecifier::Header(h)) => assert_eq!(h.header_name, "x-user"),
+        other => panic!("{other:?}"),
+    }
+    // Other services keep no hash policy.
+    let reviews = cfg.routes[0]
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "reviews.default.svc.cluster.local:9080")
+        .unwrap();
+    assert!(route_action_of(&reviews.routes[0]).hash_policy.is_empty());
 }

@@ -91,6 +91,10 @@ impl Protocol for Delta {
         respond(shared, s, t, st, first).into_iter().collect()
     }
 
+    fn awaiting_answer(&self) -> bool {
+        self.types.values().any(DeltaState::awaiting_answer)
+    }
+
     fn on_change(&mut self, shared: &Shared, s: &Session) -> Vec<DeltaDiscoveryResponse> {
         XdsType::ALL
             .into_iter()

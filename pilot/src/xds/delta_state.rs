@@ -113,6 +113,11 @@ impl DeltaState {
         first
     }
 
+    /// Whether a response sent is still waiting for the client's answer.
+    pub(super) fn awaiting_answer(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }

@@ -257,7 +257,8 @@ async fn wildcard_cds_lds_and_named_eds_rds() {
     c.subscribe(type_url::LISTENER, &[], &[]).await;
     let lds = c.recv().await;
     assert_eq!(lds.type_url, type_url::LISTENER);
-    assert_eq!(lds.resources.len(), 1);
+    // virtualInbound and virtualOutbound.
+    assert_eq!(lds.resources.len(), 2);
     c.ack(&lds).await;
 
     c.subscribe(type_url::ROUTE, &["http_proxy"], &[]).await;

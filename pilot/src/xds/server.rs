@@ -10,10 +10,13 @@ use mesh_proto::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::convergence::Convergence;
 use super::delta::Delta;
+use super::push::{PushContext, PushKind, Pusher};
 use super::sotw::Sotw;
 use super::status::SyncStatus;
 use super::stream;
@@ -23,8 +26,11 @@ use crate::translate::Options;
 
 /// What every stream shares.
 pub(super) struct Shared {
-    pub(super) registry: RegistryCache,
-    pub(super) options: Options,
+    /// The current push; streams recompute when it changes.
+    pub(super) pushes: watch::Receiver<Arc<PushContext>>,
+    pub(super) convergence: Arc<Convergence>,
+    /// Pushes in flight (computed and not yet answered by their proxy).
+    pub(super) push_permits: Arc<tokio::sync::Semaphore>,
     pub(super) metrics: PilotMetrics,
     pub(super) status: SyncStatus,
     pub(super) shutdown: watch::Receiver<bool>,
@@ -51,7 +57,9 @@ impl std::fmt::Debug for AdsServer {
 }
 
 impl AdsServer {
-    /// A server translating the registries of `registry` with `options`.
+    /// A server translating the snapshots of `registry` with `options`. Starts (on the current
+    /// Tokio runtime) the task debouncing snapshot changes into pushes; it ends with the
+    /// snapshot sender or when `shutdown` flips.
     pub fn new(
         registry: RegistryCache,
         options: Options,
@@ -59,16 +67,47 @@ impl AdsServer {
         status: SyncStatus,
         shutdown: watch::Receiver<bool>,
     ) -> AdsServer {
+        let mut snapshots = registry.subscribe();
+        let initial = snapshots.borrow_and_update().clone();
+        let first = PushContext::build(
+            1,
+            PushKind::Full,
+            Instant::now(),
+            initial,
+            registry.domain_suffix(),
+            &options,
+            None,
+        );
+        let (push_tx, push_rx) = watch::channel(Arc::new(first));
+        let convergence = Arc::new(Convergence::new(metrics.convergence_time.clone()));
+        let pusher = Pusher {
+            snapshots,
+            pushes: push_tx,
+            domain_suffix: registry.domain_suffix().into(),
+            options,
+            metrics: metrics.clone(),
+            convergence: convergence.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(pusher.run());
         AdsServer {
             shared: Arc::new(Shared {
-                registry,
-                options,
+                pushes: push_rx,
+                convergence,
+                push_permits: Arc::new(tokio::sync::Semaphore::new(
+                    super::stream::PUSH_CONCURRENCY,
+                )),
                 metrics,
                 status,
                 shutdown,
                 next_stream: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// The pushes as they are published (the current one first).
+    pub fn pushes(&self) -> watch::Receiver<Arc<PushContext>> {
+        self.shared.pushes.clone()
     }
 
     /// The tonic service to mount.

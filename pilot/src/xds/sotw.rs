@@ -1,7 +1,7 @@
 //! State-of-the-world ADS: per type URL one version (hash of every resource) and one nonce; a
 //! type is re-sent whole when its version changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use mesh_proto::discovery::{Request, TypeState};
 use mesh_proto::envoy::envoy::config::core::v3::Node;
@@ -9,12 +9,14 @@ use mesh_proto::envoy::envoy::service::discovery::v3::{DiscoveryRequest, Discove
 
 use super::server::Shared;
 use super::stream::{Protocol, Session};
-use crate::translate::XdsType;
+use crate::translate::{EncodedResource, XdsType};
 
 #[derive(Debug, Default)]
 struct Subscription {
     state: TypeState,
     names: Vec<String>,
+    /// The last response sent is not answered yet.
+    unanswered: bool,
 }
 
 /// The SotW state of one stream.
@@ -64,7 +66,7 @@ impl Protocol for Sotw {
         if keeps_older {
             if names_changed {
                 sub.names = req.resource_names;
-                self.respond(shared, s, t, true, &mut out);
+                self.respond(shared, s, t, &mut out);
             }
             return out;
         }
@@ -72,16 +74,18 @@ impl Protocol for Sotw {
             Request::Initial => {
                 sub.names = req.resource_names;
                 sub.state.reset();
-                self.respond(shared, s, t, false, &mut out);
+                self.respond(shared, s, t, &mut out);
             }
             Request::Ack { version } => {
+                sub.unanswered = false;
                 tracing::debug!(proxy = %s.proxy.id, r#type = t.short(), version = %version, "ACK");
                 if names_changed {
                     sub.names = req.resource_names;
-                    self.respond(shared, s, t, true, &mut out);
+                    self.respond(shared, s, t, &mut out);
                 }
             }
             Request::Nack { version, error } => {
+                sub.unanswered = false;
                 tracing::warn!(proxy = %s.proxy.id, r#type = t.short(), version = %version, error = %error, "proxy rejected config");
                 shared.metrics.nack(t.short());
                 sub.names = req.resource_names;
@@ -96,37 +100,59 @@ impl Protocol for Sotw {
         out
     }
 
+    fn awaiting_answer(&self) -> bool {
+        self.subs.values().any(|s| s.unanswered)
+    }
+
     fn on_change(&mut self, shared: &Shared, s: &Session) -> Vec<DiscoveryResponse> {
         let mut out = Vec::new();
         for t in XdsType::ALL {
-            self.respond(shared, s, t, false, &mut out);
+            self.respond(shared, s, t, &mut out);
         }
         out
     }
 }
 
 impl Sotw {
-    /// Adds a response for `t` when its version is new to the client (or always, with `force`,
-    /// when the client changed the resource names it wants).
+    /// Adds a response for `t` when the version of what the client asks for is new to it: a
+    /// names change that selects the same resources sends nothing, and a rejected version is not
+    /// sent again.
     fn respond(
         &mut self,
         shared: &Shared,
         s: &Session,
         t: XdsType,
-        force: bool,
         out: &mut Vec<DiscoveryResponse>,
     ) {
         let resources = s.config.get(t);
         let Some(sub) = self.subs.get_mut(&t) else {
             return;
         };
-        if !force && !sub.state.should_send(&resources.version) {
+        // A proxy naming what it wants gets a version of just those: a change elsewhere in the
+        // type is not pushed to it.
+        let wanted: Option<HashSet<&str>> =
+            (!sub.names.is_empty()).then(|| sub.names.iter().map(String::as_str).collect());
+        let selected = || {
+            resources
+                .resources
+                .iter()
+                .filter(|r| wanted.as_ref().is_none_or(|w| w.contains(r.name.as_str())))
+        };
+        // Named types are versioned by what is selected, so that naming every resource and
+        // naming none (= all) give the same version.
+        let version = if t.named() {
+            selection_version(selected())
+        } else {
+            resources.version.clone()
+        };
+        if !sub.state.should_send(&version) {
             return;
         }
-        let nonce = sub.state.on_send(&resources.version);
+        let nonce = sub.state.on_send(&version);
+        sub.unanswered = true;
         let resp = DiscoveryResponse {
-            version_info: resources.version.clone(),
-            resources: resources.select(&sub.names),
+            version_info: version,
+            resources: selected().map(|r| r.resource.clone()).collect(),
             type_url: t.type_url().to_string(),
             nonce,
             ..DiscoveryResponse::default()
@@ -136,4 +162,15 @@ impl Sotw {
         shared.status.update(s.stream, t, &sub.state, true);
         out.push(resp);
     }
+}
+
+/// The version of a selection of resources: a hash of their names and own versions.
+fn selection_version<'a>(selected: impl Iterator<Item = &'a EncodedResource>) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    for r in selected {
+        r.name.hash(&mut h);
+        r.version.hash(&mut h);
+    }
+    format!("{:016x}", h.finish())
 }

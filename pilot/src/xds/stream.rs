@@ -8,9 +8,18 @@ use mesh_proto::envoy::envoy::config::core::v3::Node;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use super::push::{ProxyResources, PushContext};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+/// At most this many proxies get a push at once: a stream holds a permit from computing its push
+/// until its proxy answered everything, or [`PUSH_HOLD`] passed. Bounds the memory of responses
+/// in flight during a full push to thousands of proxies.
+pub(super) const PUSH_CONCURRENCY: usize = 50;
+/// The longest a slow or silent proxy holds a push permit.
+pub(super) const PUSH_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
 use super::server::Shared;
-use crate::model::Registry;
-use crate::translate::{EncodedConfig, ProxyInfo, ProxyInfoError, translate};
+use crate::translate::{ProxyInfo, ProxyInfoError};
 
 /// The per-stream rules of one xDS protocol variant. Handlers are synchronous: they update their
 /// own state, the metrics and `/debug/syncz`, and return the responses to send, in order.
@@ -33,14 +42,18 @@ pub(super) trait Protocol: Default + Send + 'static {
 
     /// The proxy's config was recomputed: push what changed, in push order.
     fn on_change(&mut self, shared: &Shared, session: &Session) -> Vec<Self::Response>;
+
+    /// Whether a response sent is still waiting for the client's ACK or NACK.
+    fn awaiting_answer(&self) -> bool;
 }
 
 /// A proxy identified on a stream, and its current translated config.
 pub(super) struct Session {
     pub(super) stream: u64,
     pub(super) proxy: ProxyInfo,
-    registry: Arc<Registry>,
-    pub(super) config: EncodedConfig,
+    /// The push the config was computed from.
+    epoch: u64,
+    pub(super) config: ProxyResources,
 }
 
 impl Session {
@@ -52,45 +65,47 @@ impl Session {
         protocol: &'static str,
     ) -> Result<Session, ProxyInfoError> {
         let proxy = ProxyInfo::from_node(node.ok_or(ProxyInfoError::MissingNode)?)?;
-        let registry = shared.registry.current();
-        let config = compute(shared, &registry, &proxy);
+        let push = shared.pushes.borrow().clone();
+        let config = compute(shared, &push, &proxy);
         tracing::info!(proxy = %proxy.id, stream, protocol, proxy_type = ?proxy.proxy_type, "proxy connected");
         shared.status.connect(stream, proxy.clone(), protocol);
+        shared.convergence.open(stream);
         shared.metrics.connected_proxies.inc();
         Ok(Session {
             stream,
             proxy,
-            registry,
+            epoch: push.epoch,
             config,
         })
     }
 
-    /// Recomputes the config from the newest registry; `false` when the registry is unchanged.
+    /// Recomputes the config from the newest push; `false` when it was computed already.
     fn refresh(&mut self, shared: &Shared) -> bool {
-        let registry = shared.registry.current();
-        if Arc::ptr_eq(&registry, &self.registry) {
+        let push = shared.pushes.borrow().clone();
+        if push.epoch == self.epoch {
             return false;
         }
-        self.config = compute(shared, &registry, &self.proxy);
-        self.registry = registry;
+        self.config = compute(shared, &push, &self.proxy);
+        self.epoch = push.epoch;
         true
     }
 
     fn close(self, shared: &Shared) {
         shared.status.disconnect(self.stream);
+        shared.convergence.close(self.stream);
         shared.metrics.connected_proxies.dec();
         tracing::info!(proxy = %self.proxy.id, stream = self.stream, "proxy disconnected");
     }
 }
 
-/// Translates and encodes `proxy`'s config, reporting skipped VirtualServices.
-fn compute(shared: &Shared, registry: &Registry, proxy: &ProxyInfo) -> EncodedConfig {
-    let cfg = translate(registry, proxy, &shared.options);
-    for s in &cfg.skipped {
-        tracing::warn!(proxy = %proxy.id, virtual_service = %s.virtual_service, reason = %s.reason, "VirtualService skipped");
+/// `proxy`'s config in `push`, reporting skipped VirtualServices.
+fn compute(shared: &Shared, push: &PushContext, proxy: &ProxyInfo) -> ProxyResources {
+    let (config, skipped) = push.resources(proxy);
+    for s in &skipped {
+        tracing::debug!(proxy = %proxy.id, virtual_service = %s.virtual_service, reason = %s.reason, "VirtualService skipped");
         shared.metrics.vs_skipped.inc();
     }
-    cfg.encode()
+    config
 }
 
 /// Serves one stream with protocol `P` until the client goes away or Pilot shuts down.
@@ -100,18 +115,27 @@ pub(super) async fn serve<P: Protocol>(
     tx: mpsc::Sender<Result<P::Response, Status>>,
 ) {
     let stream = shared.next_stream();
-    let mut snapshots = shared.registry.subscribe();
+    let mut pushes = shared.pushes.clone();
+    pushes.borrow_and_update();
     let mut shutdown = shared.shutdown.clone();
     let mut session: Option<Session> = None;
     let mut protocol = P::default();
-    let mut snapshots_open = true;
+    let mut pushes_open = true;
+    // The push whose answers this stream still owes (for convergence).
+    let mut owed: Option<u64> = None;
+    let mut permit: Option<(OwnedSemaphorePermit, Instant)> = None;
     loop {
+        let mut started = None;
+        let hold_until = permit.as_ref().map(|(_, until)| *until);
         let out = tokio::select! {
             req = requests.message() => match req {
                 Ok(Some(req)) => {
                     if session.is_none() {
                         match Session::open(&shared, stream, P::node(&req), P::NAME) {
-                            Ok(s) => session = Some(s),
+                            Ok(s) => {
+                                owed = Some(s.epoch);
+                                session = Some(s);
+                            }
                             Err(e) => {
                                 tracing::warn!(stream, protocol = P::NAME, error = %e, "rejecting ADS stream");
                                 let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
@@ -128,17 +152,32 @@ pub(super) async fn serve<P: Protocol>(
                     break;
                 }
             },
-            changed = snapshots.changed(), if snapshots_open => {
+            changed = pushes.changed(), if pushes_open => {
                 if changed.is_err() {
-                    // No more snapshots will come; keep serving requests with the last config.
-                    snapshots_open = false;
+                    // No more pushes will come; keep serving requests with the last config.
+                    pushes_open = false;
                     continue;
                 }
                 let Some(s) = session.as_mut() else { continue };
+                if permit.is_none() {
+                    tokio::select! {
+                        p = shared.push_permits.clone().acquire_owned() => {
+                            permit = p.ok().map(|p| (p, Instant::now() + PUSH_HOLD));
+                        }
+                        _ = shutdown.changed() => break,
+                    }
+                }
+                started = Some(std::time::Instant::now());
                 if !s.refresh(&shared) {
                     continue;
                 }
+                owed = Some(s.epoch);
                 protocol.on_change(&shared, s)
+            }
+            _ = tokio::time::sleep_until(hold_until.unwrap_or_else(Instant::now)), if hold_until.is_some() => {
+                tracing::debug!(stream, "proxy slow to answer a push; permit released");
+                permit = None;
+                continue;
             }
             _ = shutdown.changed() => break,
         };
@@ -149,8 +188,17 @@ pub(super) async fn serve<P: Protocol>(
                 break;
             }
         }
+        if let Some(t) = started {
+            shared.metrics.push_time.observe(t.elapsed().as_secs_f64());
+        }
         if !open {
             break;
+        }
+        if !protocol.awaiting_answer() {
+            permit = None;
+            if let Some(epoch) = owed.take() {
+                shared.convergence.done(stream, epoch);
+            }
         }
     }
     if let Some(s) = session {

@@ -203,7 +203,8 @@ async fn subscribe_ack_push_and_nack() {
     c.send(type_url::LISTENER, &[], "", "", None).await;
     let lds = c.recv().await;
     assert_eq!(lds.type_url, type_url::LISTENER);
-    assert_eq!(lds.resources.len(), 1);
+    // virtualInbound and virtualOutbound.
+    assert_eq!(lds.resources.len(), 2);
     c.ack(&lds, &[]).await;
 
     c.send(type_url::ROUTE, &["http_proxy"], "", "", None).await;
@@ -321,5 +322,99 @@ async fn stream_without_node_is_rejected() {
         .unwrap()
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    h.stop.send_replace(true);
+}
+
+/// The `_count` of histogram `h`.
+fn histogram_count(h: &prometheus_client::metrics::histogram::Histogram) -> u64 {
+    let reg = mesh_runtime::Metrics::default();
+    reg.register(|r| r.register("h", "h", h.clone()));
+    reg.encode()
+        .lines()
+        .find_map(|l| l.strip_prefix("h_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn poll_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !ok() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn with_ratings(mut objs: Vec<ConfigObject>, ip: &str) -> Vec<ConfigObject> {
+    for o in [
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ratings", "namespace": "default"},
+            "spec": {"ports": [{"name": "http", "port": 9080}]}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "ratings", "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "http", "port": 9080}]}]}),
+    ] {
+        objs.push(serde_json::from_value(o).unwrap());
+    }
+    objs
+}
+
+#[tokio::test]
+async fn endpoint_change_elsewhere_is_not_pushed_and_convergence_is_measured() {
+    let h = start_with(with_ratings(objects(false, false), "10.1.0.1")).await;
+    let mut c = Client::connect(h.addr).await;
+    let reviews = format!("outbound|9080||{REVIEWS}");
+    c.send(type_url::CLUSTER, &[], "", "", None).await;
+    let cds = c.recv().await;
+    c.ack(&cds, &[]).await;
+    c.send(type_url::ENDPOINT, &[&reviews], "", "", None).await;
+    let eds = c.recv().await;
+    assert_eq!(endpoint_count(&eds), 1);
+    c.ack(&eds, &[&reviews]).await;
+    poll_until("EDS ACK recorded", || {
+        h.status.list().first().is_some_and(|p| {
+            p.types
+                .get("eds")
+                .is_some_and(|t| t.acked_version.as_deref() == Some(eds.version_info.as_str()))
+        })
+    })
+    .await;
+
+    // Only ratings' endpoints move: an EDS-only push that this proxy (naming reviews) does not
+    // need, so it is sent nothing and converges at once.
+    h.snapshots
+        .send_replace(Arc::new(Snapshot::from_objects(with_ratings(
+            objects(false, false),
+            "10.1.0.2",
+        ))));
+    let endpoints_pushes = || {
+        h.metrics
+            .push_triggers
+            .get_or_create(&crate::metrics::KindLabel {
+                kind: "endpoints".into(),
+            })
+            .get()
+    };
+    poll_until("endpoints push", || endpoints_pushes() == 1).await;
+    poll_until("first convergence", || {
+        histogram_count(&h.metrics.convergence_time) == 1
+    })
+    .await;
+
+    // Now reviews' endpoints change: the next message is that EDS (nothing was sent before).
+    h.snapshots
+        .send_replace(Arc::new(Snapshot::from_objects(with_ratings(
+            objects(true, false),
+            "10.1.0.2",
+        ))));
+    let eds2 = c.recv().await;
+    assert_eq!(eds2.type_url, type_url::ENDPOINT);
+    assert_eq!(endpoint_count(&eds2), 2);
+    assert_eq!(endpoints_pushes(), 2);
+    // Not converged until the proxy answers.
+    assert_eq!(histogram_count(&h.metrics.convergence_time), 1);
+    c.ack(&eds2, &[&reviews]).await;
+    poll_until("second convergence", || {
+        histogram_count(&h.metrics.convergence_time) == 2
+    })
+    .await;
+    assert!(histogram_count(&h.metrics.push_time) >= 2);
     h.stop.send_replace(true);
 }

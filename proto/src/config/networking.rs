@@ -44,6 +44,9 @@ pub struct HttpRoute {
     pub fault: Option<Value>,
     #[serde(default)]
     pub mirror: Option<Destination>,
+    /// `{value: 0..100}`: share of requests mirrored (absent: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percentage: Option<Value>,
     #[serde(default)]
     pub headers: Option<Headers>,
     #[serde(default)]
@@ -114,6 +117,87 @@ pub struct Destination {
 pub struct PortSelector {
     #[serde(default)]
     pub number: Option<u32>,
+}
+
+/// A VirtualService `tcp` rule: L4 matches, weighted destinations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<L4MatchAttributes>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// A VirtualService `tls` rule (passthrough by SNI): matches with `sniHosts`, destinations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<TlsMatchAttributes>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// `tcp[].match[]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L4MatchAttributes {
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+}
+
+/// `tls[].match[]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsMatchAttributes {
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+}
+
+/// A weighted destination of a `tcp` or `tls` rule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteDestination {
+    pub destination: Destination,
+    #[serde(default)]
+    pub weight: Option<i32>,
+}
+
+impl VirtualService {
+    /// The `tcp` rules, typed (the spec keeps them as JSON so other readers are unaffected).
+    pub fn tcp_routes(&self) -> Result<Vec<TcpRoute>, serde_json::Error> {
+        self.tcp
+            .iter()
+            .map(|v| serde_json::from_value(v.clone()))
+            .collect()
+    }
+
+    /// The `tls` rules, typed.
+    pub fn tls_routes(&self) -> Result<Vec<TlsRoute>, serde_json::Error> {
+        self.tls
+            .iter()
+            .map(|v| serde_json::from_value(v.clone()))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
