@@ -6,6 +6,9 @@
 //! - [`cluster`]: clusters, endpoints, round-robin choice.
 //! - [`http`]: the HTTP/1.1 listeners (outbound, inbound mTLS, gateway) and upstream pool.
 //! - [`mixer`]: Check/Report client.
+//! - [`tcp`]: `tcp_proxy` listeners and the inbound TCP splice.
+//! - [`authz`]: inbound peer authentication mode, JWT and RBAC from Pilot's `virtualInbound`.
+//! - [`trace`]: spans per hop, trace context propagation, OTLP export.
 //! - [`tls`]: where mTLS configuration comes from (the workload identity).
 //! - [`admin`]: the admin server and metrics.
 //! - [`run`](mod@run): start-up and shutdown.
@@ -13,12 +16,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod admin;
+pub mod authz;
 pub mod cluster;
 pub mod http;
 pub mod mixer;
 pub mod routing;
 pub mod run;
+pub mod tcp;
 pub mod tls;
+pub mod trace;
 pub mod xds;
 
 pub use run::{OUTBOUND_LISTENER, ProxyConfig, RunError, parse_gateway_port, run};

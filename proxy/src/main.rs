@@ -94,6 +94,11 @@ struct Args {
     #[arg(long = "gateway-port", env = "MESH_PROXY_GATEWAY_PORT", value_delimiter = ',', value_parser = mesh_proxy::parse_gateway_port)]
     gateway_ports: Vec<(u16, SocketAddr)>,
 
+    /// Bind Pilot's TCP listener `0.0.0.0_PORT` (a `tcp_proxy` for a Service port of a TCP
+    /// protocol) on ADDR, as `PORT=ADDR` (repeatable; in the environment, comma separated).
+    #[arg(long = "tcp-listen", env = "MESH_PROXY_TCP_LISTEN", value_delimiter = ',', value_parser = mesh_proxy::parse_gateway_port)]
+    tcp_listeners: Vec<(u16, SocketAddr)>,
+
     /// Admin server: /healthz, /readyz, /ready, /metrics, /stats/prometheus, /config_dump.
     #[arg(long, env = "MESH_PROXY_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
@@ -111,6 +116,16 @@ struct Args {
     /// to), or `-` for standard output. Off when unset.
     #[arg(long, env = "MESH_PROXY_ACCESS_LOG")]
     access_log: Option<String>,
+
+    /// OpenTelemetry collector for spans, OTLP over gRPC (`127.0.0.1:4317` or
+    /// `http://127.0.0.1:4317`). Tracing is off when unset.
+    #[arg(long, env = "MESH_PROXY_TRACE_COLLECTOR")]
+    trace_collector: Option<String>,
+
+    /// Percentage (0-100) of the traces that start at this proxy to record; proxies further
+    /// down a trace follow the caller's sampled flag. Istio's default is 1.
+    #[arg(long, env = "MESH_PROXY_TRACE_SAMPLING", default_value = "1.0", value_parser = mesh_proxy::trace::Sampling::parse)]
+    trace_sampling: mesh_proxy::trace::Sampling,
 
     #[command(flatten)]
     log: mesh_runtime::LogArgs,
@@ -142,6 +157,7 @@ async fn main() {
         inbound_addr: args.inbound_addr,
         app_addr: args.app_addr,
         gateway_ports: args.gateway_ports,
+        tcp_listeners: args.tcp_listeners,
         admin_addr: args.admin_addr,
         monitoring_addr: args.monitoring_addr,
         trust_domain: args.trust_domain,
@@ -149,6 +165,12 @@ async fn main() {
             .access_log
             .as_deref()
             .map(mesh_proxy::http::AccessLogTarget::parse),
+        tracing: args
+            .trace_collector
+            .map(|collector| mesh_proxy::trace::TraceConfig {
+                collector,
+                sampling: args.trace_sampling,
+            }),
     };
     let result = mesh_proxy::run(cfg, mesh_runtime::shutdown_signal()).await;
     // One line: the error text already names its cause.

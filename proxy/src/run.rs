@@ -34,11 +34,16 @@ pub struct ProxyConfig {
     pub app_addr: SocketAddr,
     /// (port in Pilot's `0.0.0.0_<port>`, address to bind).
     pub gateway_ports: Vec<(u16, SocketAddr)>,
+    /// (port in Pilot's `tcp_proxy` listener `0.0.0.0_<port>`, address to bind): the local-mode
+    /// stand-in for capturing a TCP service port.
+    pub tcp_listeners: Vec<(u16, SocketAddr)>,
     pub admin_addr: SocketAddr,
     pub monitoring_addr: Option<SocketAddr>,
     pub trust_domain: String,
     /// Envoy-style JSON access log per request; off when `None`.
     pub access_log: Option<crate::http::AccessLogTarget>,
+    /// Spans exported over OTLP/gRPC; off when `None`.
+    pub tracing: Option<crate::trace::TraceConfig>,
 }
 
 /// Why the proxy could not start.
@@ -62,6 +67,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
     #[error("admin server failed: {0}")]
     Admin(std::io::Error),
 }
@@ -127,6 +134,10 @@ pub async fn run(cfg: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result
             }
         }
     }
+    let mut tcp_listeners = Vec::new();
+    for (port, addr) in &cfg.tcp_listeners {
+        tcp_listeners.push((bind_tcp("tcp", *addr).await?, format!("0.0.0.0_{port}")));
+    }
 
     let readiness = Readiness::new(&["xds", "identity"]);
     let metrics = Metrics::default();
@@ -156,6 +167,10 @@ pub async fn run(cfg: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result
             Some(log)
         }
     };
+    let tracing = match &cfg.tracing {
+        Some(t) => Some(crate::trace::Tracing::start(t, &trace_identity(&cfg.node))?),
+        None => None,
+    };
     let ctx = Arc::new(ProxyContext {
         config: config.clone(),
         upstream: Upstream::new(Duration::from_secs(10)),
@@ -166,6 +181,7 @@ pub async fn run(cfg: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result
         app_addr: cfg.app_addr,
         workload,
         access_log,
+        tracer: tracing.as_ref().map(crate::trace::Tracing::tracer),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -201,6 +217,15 @@ pub async fn run(cfg: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result
             stopped(stop_rx.clone()),
         ));
     }
+    for (listener, name) in tcp_listeners {
+        tracing::info!(listener = %name, addr = ?listener.local_addr().ok(), "serving tcp");
+        tasks.spawn(crate::tcp::serve_tcp(
+            listener,
+            ctx.clone(),
+            name,
+            stopped(stop_rx.clone()),
+        ));
+    }
     if let Some(l) = inbound {
         tracing::info!(addr = ?l.local_addr().ok(), "serving inbound (mTLS)");
         tasks.spawn(serve_inbound(l, ctx.clone(), stopped(stop_rx.clone())));
@@ -228,7 +253,29 @@ pub async fn run(cfg: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result
     let _ = stop_tx.send(true);
     let drain = async { while tasks.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(6), drain).await;
+    // The spans of the last requests go out before the process ends.
+    if let Some(t) = tracing {
+        t.shutdown().await;
+    }
     result
+}
+
+/// Who this proxy is in its spans: Istio's canonical service and revision labels, else `app`
+/// and `version`.
+fn trace_identity(node: &NodeInfo) -> crate::trace::TraceIdentity {
+    let label = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| node.labels.get(*k).filter(|v| !v.is_empty()).cloned())
+    };
+    crate::trace::TraceIdentity {
+        workload: node.workload_name().to_string(),
+        namespace: node.namespace.clone(),
+        canonical_service: label(&["service.istio.io/canonical-name", "app"])
+            .unwrap_or_else(|| node.workload_name().to_string()),
+        canonical_revision: label(&["service.istio.io/canonical-revision", "version"])
+            .unwrap_or_else(|| "latest".to_string()),
+        node_id: node.node_id(),
+    }
 }
 
 /// Obtains the workload certificate, retrying with backoff while Citadel is away.

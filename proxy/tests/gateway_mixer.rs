@@ -126,6 +126,7 @@ async fn gateway(
         node,
         app_addr: app,
         access_log: None,
+        tracer: None,
     });
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

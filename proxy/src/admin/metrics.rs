@@ -31,10 +31,10 @@ pub struct RequestLabels {
     pub destination_service_namespace: Arc<str>,
     pub destination_app: Arc<str>,
     pub destination_version: Arc<str>,
-    /// `http`.
+    /// `http`, or `grpc` for gRPC responses.
     pub request_protocol: &'static str,
     pub response_code: u16,
-    /// Empty: gRPC status is not parsed.
+    /// The gRPC status code (`0`..`16`) of gRPC responses, else empty.
     pub grpc_response_status: &'static str,
     /// `-`, or Envoy's flags (`NR`, `UH`, `UF`, `UC`, `UAEX`).
     pub response_flags: &'static str,
@@ -99,6 +99,8 @@ pub struct ProxyMetrics {
     pub access_log_dropped: Counter,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub tls_handshake_failures: Counter,
+    /// Istio's TCP metrics (`tcp_proxy` listeners and the inbound TCP splice).
+    pub tcp: crate::tcp::TcpMetrics,
 }
 
 impl Default for ProxyMetrics {
@@ -117,6 +119,7 @@ impl Default for ProxyMetrics {
             access_log_dropped: Counter::default(),
             upstream_errors: Family::default(),
             tls_handshake_failures: Counter::default(),
+            tcp: crate::tcp::TcpMetrics::default(),
         }
     }
 }
@@ -126,6 +129,7 @@ impl ProxyMetrics {
     pub fn register(metrics: &mesh_runtime::Metrics) -> Self {
         let m = ProxyMetrics::default();
         metrics.register(|r| {
+            m.tcp.register(r);
             r.register(
                 "istio_requests",
                 "Requests handled by the proxy",

@@ -25,6 +25,8 @@ pub struct ProxyContext {
     pub workload: Workload,
     /// Where access log entries go; `None` when access logging is off.
     pub access_log: Option<AccessLog>,
+    /// Creates a span per request; `None` when tracing is off (no collector).
+    pub tracer: Option<crate::trace::HopTracer>,
 }
 
 impl ProxyContext {

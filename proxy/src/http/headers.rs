@@ -22,7 +22,26 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 /// (`transfer-encoding` is left to hyper, which re-frames the body on each hop.)
+/// Kept for the next hop: an upgrade's `Connection: upgrade` + `Upgrade` (requests and the
+/// 101), and `te: trailers` (gRPC).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let upgrade = super::server::wants_upgrade(headers)
+        .then(|| headers.get(http::header::UPGRADE).cloned())
+        .flatten();
+    let te_trailers = headers
+        .get(http::header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    strip_all_hop_by_hop(headers);
+    if let Some(u) = upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(http::header::UPGRADE, u);
+    }
+    if te_trailers {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn strip_all_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -85,6 +104,26 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("end-user"));
+    }
+
+    #[test]
+    fn upgrade_and_te_trailers_survive_the_hop() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["te"], "trailers");
+        // Without `Connection: upgrade`, `Upgrade` is an ordinary hop-by-hop header.
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("te", "gzip".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

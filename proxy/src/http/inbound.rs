@@ -1,14 +1,19 @@
-//! Inbound requests (after mTLS termination): Check, `x-forwarded-client-cert`, forward to the
-//! application, count, Report.
+//! Inbound requests (after mTLS termination, or in plaintext when the peer authentication mode
+//! allows it): JWT authentication and RBAC from Pilot's `virtualInbound`, Check,
+//! `x-forwarded-client-cert`, forward to the application, count, Report.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{HOST, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::authz::{Decision, JwtError, RBAC_DENIED, RequestView};
 use crate::mixer::{CheckOutcome, RequestAttributes, add_response};
+use crate::trace::{HopKind, HopRequest, server_span_name};
+use crate::xds::Config;
 
 use super::access_log::{AccessLogEntry, non_empty};
 use super::context::ProxyContext;
@@ -16,21 +21,36 @@ use super::headers::{XFCC, authority, ensure_request_id, strip_hop_by_hop};
 use super::metered::record_on_end;
 use super::response::{Body, content_length, streamed, text};
 use super::telemetry::{
-    Outcome, Party, Reporter, Service, Workload, flags, request_labels, strip_peer_headers,
+    Outcome, Party, Reporter, Service, Workload, flags, forwarded_destination_service,
+    request_labels, strip_peer_headers,
 };
 use super::upstream::UpstreamError;
 
-/// Handles one request from the authenticated peer `peer` (its SPIFFE id, empty if none).
+/// One inbound connection.
+#[derive(Debug, Clone)]
+pub struct InboundConn {
+    /// The peer's SPIFFE id (empty for plaintext or a certificate without one).
+    pub peer: Arc<str>,
+    pub remote: SocketAddr,
+    /// The local address it arrived on (its port selects the peer authentication mode).
+    pub local: SocketAddr,
+    /// Mutual TLS (else plaintext).
+    pub mtls: bool,
+}
+
+/// Handles one request on `conn`.
 ///
-/// The inbound listener only serves mutual TLS, so the peer's `x-mesh-peer-*` metadata is
-/// trusted; it is read, then stripped before the application sees the request. The response
-/// carries this workload's metadata back to the calling sidecar.
+/// Over mutual TLS the peer's `x-mesh-peer-*` metadata is trusted; it is read, then stripped
+/// before the application sees the request. Plaintext requests have no peer principal and their
+/// peer metadata is ignored. The response carries this workload's metadata back.
 pub async fn handle(
     ctx: &ProxyContext,
-    peer: &str,
-    remote: SocketAddr,
+    conn: &InboundConn,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
+    let peer: &str = &conn.peer;
+    let remote = conn.remote;
+    let mtls = conn.mtls;
     let started = Instant::now();
     let own = ctx.own_principal();
     let authority = authority(&req).unwrap_or_default();
@@ -38,11 +58,19 @@ pub async fn handle(
         .rsplit_once(':')
         .map_or(authority.as_str(), |(h, _)| h)
         .to_string();
-    // Trusted: this listener only serves mutual TLS with sidecar certificates.
-    let source = Workload::from_peer_headers(req.headers(), peer);
+    // Trusted only over mutual TLS with sidecar certificates.
+    let source = if mtls {
+        Workload::from_peer_headers(req.headers(), peer)
+    } else {
+        Workload::from_peer_headers(&HeaderMap::new(), "")
+    };
+    // The service the caller routed to, when a sidecar says so over mTLS; else the Host header.
+    let service_labels = mtls
+        .then(|| forwarded_destination_service(req.headers()))
+        .flatten()
+        .unwrap_or_else(|| Service::from_host(&authority, &ctx.workload.namespace));
     strip_peer_headers(req.headers_mut());
     let request_size = content_length(req.headers());
-    let service_labels = Service::from_host(&authority, &ctx.workload.namespace);
     // Early, so the access log line and the application see the same id.
     ensure_request_id(req.headers_mut());
     let request_bytes = request_size.max(0) as u64;
@@ -54,6 +82,24 @@ pub async fn handle(
         e.upstream_host = Some(ctx.app_addr.to_string());
         e
     });
+    // This hop's SERVER span, a child of the caller's CLIENT span.
+    let span = ctx.tracer.as_ref().map(|t| {
+        let port = service_port(&authority, &service_labels.fqdn)
+            .or_else(|| endpoint_port(&ctx.config.load(), &service_labels.fqdn, conn.local))
+            .unwrap_or(ctx.app_addr.port());
+        t.start(HopRequest {
+            kind: HopKind::Server,
+            name: server_span_name(&service_labels.fqdn, port),
+            method: req.method(),
+            authority: &authority,
+            path: req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+            headers: req.headers(),
+            peer: Some(remote),
+            upstream_cluster: format!("inbound|{port}||").into(),
+            started,
+        })
+    });
+    let propagation = span.as_ref().map(|s| s.propagation().clone());
     // Records the request when the response body ends; the response carries this workload's
     // metadata back to the calling sidecar.
     let finish = |flags: &'static str, mut resp: Response<Body>| {
@@ -72,7 +118,7 @@ pub async fn handle(
             Outcome {
                 response_code: resp.status().as_u16(),
                 response_flags: flags,
-                mtls: true,
+                mtls,
             },
         );
         let log = entry.map(|mut e| {
@@ -80,14 +126,50 @@ pub async fn handle(
             e.response_flags = flags;
             e
         });
-        record_on_end(ctx, resp, labels, started, request_bytes, log)
+        let resp = record_on_end(ctx, resp, labels, started, request_bytes, log);
+        match span {
+            Some(span) => span.finish(resp, flags, request_bytes),
+            None => resp,
+        }
     };
+    // JWT authentication then RBAC, from the config in force now.
+    if let Some(policy) = ctx.config.load().inbound_policy().cloned() {
+        let uri = req.uri().clone();
+        let auth = match policy.authenticate(req.headers_mut(), &uri).await {
+            Ok(a) => a,
+            Err(e) => {
+                let reason = match &e {
+                    JwtError::Invalid(r) => r.as_str(),
+                    JwtError::Missing => "missing",
+                };
+                tracing::info!(%remote, path = uri.path(), reason, "request refused by jwt_authn");
+                return finish(flags::NONE, text(StatusCode::UNAUTHORIZED, e.to_string()));
+            }
+        };
+        let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+        let view = RequestView {
+            peer: (mtls && !peer.is_empty()).then_some(peer),
+            source: remote,
+            destination: conn.local,
+            method: req.method().as_str(),
+            host: &authority,
+            path: uri.path(),
+            path_and_query,
+            headers: req.headers(),
+            server_name: None,
+            auth: Some(&auth),
+        };
+        if let Decision::Deny(reason) = policy.authorize(&view) {
+            tracing::info!(%remote, peer, path = uri.path(), %reason, "request refused by RBAC");
+            return finish(flags::NONE, text(StatusCode::FORBIDDEN, RBAC_DENIED));
+        }
+    }
     let mut report_bag = None;
     if let Some(mixer) = &ctx.mixer {
         let uid = ctx.node.uid();
         let attrs = RequestAttributes {
             reporter_kind: "inbound",
-            source_principal: Some(peer),
+            source_principal: (!peer.is_empty()).then_some(peer),
             destination_principal: Some(&own),
             source_uid: None,
             destination_uid: Some(&uid),
@@ -96,7 +178,7 @@ pub async fn handle(
             path: req.uri().path(),
             method: req.method().as_str(),
             headers: req.headers(),
-            mtls: true,
+            mtls,
         };
         let bag = attrs.to_bag();
         if let CheckOutcome::Deny { message, .. } = mixer.check(&bag).await {
@@ -110,13 +192,17 @@ pub async fn handle(
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     headers.remove(&XFCC);
-    if let Ok(v) = HeaderValue::from_str(&format!("By={own};URI={peer}")) {
+    if mtls && let Ok(v) = HeaderValue::from_str(&format!("By={own};URI={peer}")) {
         headers.insert(XFCC.clone(), v);
     }
     if !headers.contains_key(HOST)
         && let Ok(v) = HeaderValue::from_str(&authority)
     {
         headers.insert(HOST, v);
+    }
+    // The application's calls continue the trace from this hop's span (when it forwards them).
+    if let Some(p) = &propagation {
+        p.inject(headers);
     }
     let mut resp = match ctx.upstream.send(ctx.app_addr, None, req).await {
         Ok(r) => r,
@@ -149,4 +235,52 @@ pub async fn handle(
         mixer.report(bag);
     }
     finish(flags::NONE, streamed(resp))
+}
+
+/// The service port in `authority` when it names the service `fqdn` (`reviews:9080`,
+/// `reviews.default.svc.cluster.local:9080`); a gateway passes the client's Host on, whose port
+/// is not the service's.
+fn service_port(authority: &str, fqdn: &str) -> Option<u16> {
+    let (host, port) = authority.rsplit_once(':')?;
+    let names_it = fqdn == host
+        || fqdn
+            .strip_prefix(host)
+            .is_some_and(|rest| rest.starts_with('.'));
+    if names_it { port.parse().ok() } else { None }
+}
+
+/// The port of service `fqdn` whose endpoints include `inbound` (this sidecar's inbound
+/// address): the cluster `outbound|P||fqdn` that routes to this listener.
+fn endpoint_port(config: &Config, fqdn: &str, inbound: SocketAddr) -> Option<u16> {
+    config.clusters.iter().find_map(|(name, cluster)| {
+        let mut parts = name.split('|');
+        let (Some("outbound"), Some(port), Some(""), Some(f)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        if f != fqdn {
+            return None;
+        }
+        config
+            .endpoints_of(cluster)
+            .filter(|e| e.addrs.contains(&inbound))?;
+        port.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_port;
+
+    #[test]
+    fn service_port_only_when_the_authority_names_the_service() {
+        let fqdn = "reviews.default.svc.cluster.local";
+        assert_eq!(service_port("reviews:9080", fqdn), Some(9080));
+        assert_eq!(service_port("reviews.default:9080", fqdn), Some(9080));
+        assert_eq!(service_port(&format!("{fqdn}:9080"), fqdn), Some(9080));
+        assert_eq!(service_port("127.0.0.1:18080", fqdn), None);
+        assert_eq!(service_port("rev:9080", fqdn), None);
+        assert_eq!(service_port("reviews", fqdn), None);
+    }
 }

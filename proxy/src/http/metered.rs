@@ -16,22 +16,35 @@ use super::access_log::AccessLogEntry;
 use super::context::ProxyContext;
 use super::response::Body;
 
-/// A body that calls `on_end(bytes)` once: at its end, on an error, or when dropped early.
-pub struct Metered<F: FnOnce(u64)> {
+/// A body that calls `on_end(bytes, grpc_status)` once: at its end, on an error, or when
+/// dropped early. `grpc_status` is the `grpc-status` of the trailers, when they had one.
+pub struct Metered<F: FnOnce(u64, Option<&'static str>)> {
     inner: Body,
     bytes: u64,
+    grpc_status: Option<&'static str>,
     on_end: Option<F>,
 }
 
-impl<F: FnOnce(u64)> Metered<F> {
+impl<F: FnOnce(u64, Option<&'static str>)> Metered<F> {
     fn finish(&mut self) {
         if let Some(f) = self.on_end.take() {
-            f(self.bytes);
+            f(self.bytes, self.grpc_status);
         }
     }
 }
 
-impl<F: FnOnce(u64) + Unpin> HttpBody for Metered<F> {
+/// gRPC status codes as label values (`grpc_response_status`); other values are not labelled.
+const GRPC_CODES: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
+
+/// The `grpc-status` of a header or trailer block, as a label value.
+pub fn grpc_status_label(headers: &http::HeaderMap) -> Option<&'static str> {
+    let v = headers.get("grpc-status")?.to_str().ok()?.trim();
+    GRPC_CODES.iter().copied().find(|c| *c == v)
+}
+
+impl<F: FnOnce(u64, Option<&'static str>) + Unpin> HttpBody for Metered<F> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -45,6 +58,10 @@ impl<F: FnOnce(u64) + Unpin> HttpBody for Metered<F> {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
+                } else if let Some(t) = frame.trailers_ref()
+                    && let Some(s) = grpc_status_label(t)
+                {
+                    this.grpc_status = Some(s);
                 }
                 if this.inner.is_end_stream() {
                     this.finish();
@@ -65,7 +82,7 @@ impl<F: FnOnce(u64) + Unpin> HttpBody for Metered<F> {
     }
 }
 
-impl<F: FnOnce(u64)> Drop for Metered<F> {
+impl<F: FnOnce(u64, Option<&'static str>)> Drop for Metered<F> {
     fn drop(&mut self) {
         self.finish();
     }
@@ -73,17 +90,33 @@ impl<F: FnOnce(u64)> Drop for Metered<F> {
 
 /// Records the request when `resp`'s body ends: Istio's request metrics with `labels`, and the
 /// access log line `log` when access logging is on. Every listener records through here.
+/// gRPC responses (`content-type: application/grpc*`) are labelled `request_protocol` `grpc`
+/// with `grpc_response_status` from the trailers (or the headers of a trailers-only answer).
 pub fn record_on_end(
     ctx: &ProxyContext,
     resp: Response<Body>,
-    labels: RequestLabels,
+    mut labels: RequestLabels,
     started: Instant,
     request_bytes: u64,
     log: Option<AccessLogEntry>,
 ) -> Response<Body> {
     let access_log = ctx.access_log.clone();
     let metrics = ctx.metrics.clone();
-    metered(resp, move |response_bytes| {
+    let grpc = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        labels.request_protocol = "grpc";
+        if let Some(s) = grpc_status_label(resp.headers()) {
+            labels.grpc_response_status = s;
+        }
+    }
+    metered_grpc(resp, move |response_bytes, trailer_status| {
+        if grpc && let Some(s) = trailer_status {
+            labels.grpc_response_status = s;
+        }
         let duration = started.elapsed();
         metrics.record_request(&labels, duration, request_bytes, response_bytes);
         if let (Some(access_log), Some(mut e)) = (access_log, log) {
@@ -99,10 +132,19 @@ pub fn metered<F>(resp: Response<Body>, on_end: F) -> Response<Body>
 where
     F: FnOnce(u64) + Send + Sync + Unpin + 'static,
 {
+    metered_grpc(resp, move |bytes, _| on_end(bytes))
+}
+
+/// Like [`metered`], also handing over the trailers' `grpc-status`.
+fn metered_grpc<F>(resp: Response<Body>, on_end: F) -> Response<Body>
+where
+    F: FnOnce(u64, Option<&'static str>) + Send + Sync + Unpin + 'static,
+{
     resp.map(|inner| {
         Metered {
             inner,
             bytes: 0,
+            grpc_status: None,
             on_end: Some(on_end),
         }
         .boxed()

@@ -2,11 +2,16 @@
 //! connections.
 
 mod access_log;
+pub(crate) mod alpn;
 mod context;
+mod cors;
+mod fault;
 mod headers;
 mod inbound;
 mod metered;
+mod mirror;
 mod response;
+mod retry;
 mod routed;
 mod server;
 mod telemetry;

@@ -11,14 +11,20 @@ use rand::Rng;
 
 use crate::mixer::{CheckOutcome, RequestAttributes, add_response};
 use crate::routing;
+use crate::trace::{HopKind, HopRequest, HopSpan, client_span_name};
 
 use super::access_log::{AccessLogEntry, non_empty};
 use super::context::{ProxyContext, service_of_cluster};
+use super::cors;
+use super::fault::{self, Injected};
 use super::headers::{authority, ensure_request_id, strip_hop_by_hop};
 use super::metered::record_on_end;
+use super::mirror;
 use super::response::{Body, content_length, streamed, text};
+use super::retry::{self, ForwardError, RequestBody, RequestHead, Target};
 use super::telemetry::{
-    Outcome, Party, Reporter, Service, Workload, flags, request_labels, strip_peer_headers,
+    DESTINATION_SERVICE, Outcome, Party, Reporter, Service, Workload, flags, request_labels,
+    strip_peer_headers,
 };
 use super::upstream::{PeerPrincipal, UpstreamError};
 
@@ -39,6 +45,8 @@ struct Record<'a> {
     request_bytes: u64,
     /// The access log entry so far, when access logging is on.
     log: Option<AccessLogEntry>,
+    /// This hop's CLIENT span, when tracing is on and a route chose a cluster.
+    span: Option<HopSpan>,
 }
 
 impl Record<'_> {
@@ -81,14 +89,18 @@ impl Record<'_> {
             e.upstream_peer_principal = non_empty(dst_principal);
             e
         });
-        record_on_end(
+        let resp = record_on_end(
             self.ctx,
             resp,
             labels,
             self.started,
             self.request_bytes,
             log,
-        )
+        );
+        match self.span {
+            Some(span) => span.finish(resp, flags, self.request_bytes),
+            None => resp,
+        }
     }
 }
 
@@ -123,6 +135,7 @@ pub async fn handle(
             service: Service::from_host(&authority, &ctx.workload.namespace),
             request_bytes,
             log: entry.clone(),
+            span: None,
         }
         .finish(
             None,
@@ -161,12 +174,27 @@ pub async fn handle(
                     e.route_name = non_empty(&selected.route.name);
                     e
                 }),
+                span: None,
             }
             .finish(None, false, flags::NONE, redirect_response(code, &location)),
             None => no_route(format!("route {:?} has no target", selected.route.name)),
         };
     };
     let service = service_of_cluster(cluster_name);
+    // This hop's CLIENT span (Istio names it after the route's destination).
+    let span = ctx.tracer.as_ref().map(|t| {
+        t.start(HopRequest {
+            kind: HopKind::Client,
+            name: client_span_name(cluster_name),
+            method: req.method(),
+            authority: &authority,
+            path: req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+            headers: req.headers(),
+            peer: Some(remote),
+            upstream_cluster: cluster_name.into(),
+            started,
+        })
+    });
     let mut record = Record {
         ctx,
         started,
@@ -177,6 +205,7 @@ pub async fn handle(
             e.upstream_cluster = Some(cluster_name.to_string());
             e
         }),
+        span,
     };
     let Some(cluster) = config.clusters.get(cluster_name) else {
         ctx.metrics.upstream_error("unknown_cluster");
@@ -190,7 +219,10 @@ pub async fn handle(
             ),
         );
     };
-    let Some(endpoint) = config.endpoints_of(cluster).and_then(|e| e.pick()) else {
+    let endpoints: &[SocketAddr] = config
+        .endpoints_of(cluster)
+        .map_or(&[], |e| e.addrs.as_slice());
+    if endpoints.is_empty() {
         ctx.metrics.upstream_error("no_endpoint");
         return record.finish(
             None,
@@ -201,9 +233,6 @@ pub async fn handle(
                 format!("no healthy upstream: cluster {cluster_name} has no endpoints"),
             ),
         );
-    };
-    if let Some(e) = record.log.as_mut() {
-        e.upstream_host = Some(endpoint.to_string());
     }
 
     let mut report_bag = None;
@@ -257,9 +286,49 @@ pub async fn handle(
         },
     };
     let mtls = tls.is_some();
+    let forwarding = &selected.route.forwarding;
+    // CORS (before fault injection, in Istio's filter order): allowed preflights end here.
+    let cors_origin = forwarding
+        .cors
+        .as_ref()
+        .and_then(|c| cors::allowed_origin(c, req.headers()));
+    if let Some(c) = &forwarding.cors
+        && let Some(resp) = cors::preflight(c, req.method(), req.headers())
+    {
+        return record.finish(None, false, flags::NONE, resp);
+    }
+    // Fault injection (Envoy's fault filter runs before the router, outside the route timeout).
+    let mut injected = Injected::default();
+    if let Some(fault) = &forwarding.fault {
+        let (delay_roll, abort_roll): (u32, u32) = {
+            let mut rng = rand::rng();
+            (rng.random(), rng.random())
+        };
+        injected = fault::inject(fault, delay_roll, abort_roll).await;
+        if let Some(status) = injected.abort {
+            ctx.metrics.upstream_error("fault_abort");
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = text(status, "fault filter abort");
+            forwarding.headers.response.apply(resp.headers_mut());
+            return record.finish(
+                None,
+                false,
+                injected.flags().unwrap_or(fault::flags::FAULT_INJECTED),
+                resp,
+            );
+        }
+    }
+    let cluster_headers = forwarding.cluster_headers.get(cluster_name);
+    forwarding.headers.request.apply(req.headers_mut());
+    if let Some(h) = cluster_headers {
+        h.request.apply(req.headers_mut());
+    }
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    let forwarding = &selected.route.forwarding;
+    // The trace continues upstream from this hop's span (W3C and B3).
+    if let Some(span) = &record.span {
+        span.inject(headers);
+    }
     let host = forwarding.host_rewrite.as_deref().unwrap_or(&authority);
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.insert(HOST, v);
@@ -267,6 +336,9 @@ pub async fn handle(
     // Metadata exchange: only to another sidecar over mTLS; never pass the app's own copy on.
     if mtls {
         ctx.workload.write_peer_headers(headers);
+        if let Ok(v) = HeaderValue::from_str(service) {
+            headers.insert(DESTINATION_SERVICE.clone(), v);
+        }
     } else {
         strip_peer_headers(headers);
     }
@@ -293,7 +365,52 @@ pub async fn handle(
             }
         }
     }
-    let sent = ctx.upstream.send(endpoint, tls, req);
+    let (parts, body) = req.into_parts();
+    let body = if forwarding.retry.is_some() || !forwarding.mirrors.is_empty() {
+        match retry::prepare_body(body, &parts.headers).await {
+            Ok(b) => b,
+            Err(e) => {
+                return record.finish(
+                    None,
+                    mtls,
+                    flags::UPSTREAM_CONNECTION_TERMINATION,
+                    text(StatusCode::BAD_REQUEST, e),
+                );
+            }
+        }
+    } else {
+        RequestBody::Streaming(body)
+    };
+    let head = RequestHead {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+    };
+    if let RequestBody::Buffered(bytes) = &body
+        && !forwarding.mirrors.is_empty()
+    {
+        mirror::send(ctx, &forwarding.mirrors, &head, bytes);
+    }
+    let hash = if forwarding.hash_policy.is_empty() {
+        None
+    } else {
+        routing::HashPolicy::key(
+            &forwarding.hash_policy,
+            &head.headers,
+            head.uri.query(),
+            remote.ip(),
+        )
+    };
+    let target = Target {
+        hash,
+        cluster,
+        endpoints,
+        state: ctx.upstream.clusters.get(cluster),
+        tls,
+        retry: forwarding.retry.as_ref(),
+    };
+    let sent = retry::forward(ctx, target, head, body);
     let resp = match forwarding.timeout {
         None => sent.await,
         Some(limit) => match tokio::time::timeout(limit, sent).await {
@@ -312,26 +429,84 @@ pub async fn handle(
             }
         },
     };
-    let mut resp = match resp {
-        Ok(r) => r,
+    let (mut resp, endpoint, exhausted) = match resp {
+        Ok(f) => {
+            if f.retries > 0 {
+                tracing::debug!(
+                    cluster = cluster_name,
+                    retries = f.retries,
+                    status = f.response.status().as_u16(),
+                    "answered after retries"
+                );
+            }
+            (f.response, f.endpoint, f.exhausted)
+        }
         Err(e) => {
-            let (reason, flag) = match e {
-                UpstreamError::Connect(_) => ("connect", flags::UPSTREAM_CONNECT_FAILURE),
-                UpstreamError::Request(_) => ("request", flags::UPSTREAM_CONNECTION_TERMINATION),
+            let (status, reason, flag, msg) = match e {
+                ForwardError::Overflow(o) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overflow",
+                    retry::flags::UPSTREAM_OVERFLOW,
+                    format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: overflow ({o})"
+                    ),
+                ),
+                ForwardError::NoEndpoint => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_endpoint",
+                    flags::NO_HEALTHY_UPSTREAM,
+                    format!("no healthy upstream: cluster {cluster_name}"),
+                ),
+                ForwardError::Upstream {
+                    endpoint,
+                    error,
+                    exhausted,
+                } => {
+                    let (reason, flag, flag_exhausted) = match error {
+                        UpstreamError::Connect(_) => (
+                            "connect",
+                            flags::UPSTREAM_CONNECT_FAILURE,
+                            retry::flags::CONNECT_FAILURE_RETRIES_EXHAUSTED,
+                        ),
+                        UpstreamError::Request(_) => (
+                            "request",
+                            flags::UPSTREAM_CONNECTION_TERMINATION,
+                            retry::flags::RESET_RETRIES_EXHAUSTED,
+                        ),
+                    };
+                    tracing::debug!(cluster = cluster_name, %endpoint, error = %error, "upstream failed");
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        reason,
+                        if exhausted { flag_exhausted } else { flag },
+                        format!("upstream {endpoint} of cluster {cluster_name}: {error}"),
+                    )
+                }
+                ForwardError::PerTryTimeout {
+                    endpoint,
+                    exhausted,
+                } => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "per_try_timeout",
+                    if exhausted {
+                        retry::flags::TIMEOUT_RETRIES_EXHAUSTED
+                    } else {
+                        flags::UPSTREAM_REQUEST_TIMEOUT
+                    },
+                    format!(
+                        "upstream request timeout (per try) to {endpoint} of cluster {cluster_name}"
+                    ),
+                ),
             };
             ctx.metrics.upstream_error(reason);
-            tracing::debug!(cluster = cluster_name, %endpoint, error = %e, "upstream failed");
-            return record.finish(
-                None,
-                mtls,
-                flag,
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("upstream {endpoint} of cluster {cluster_name}: {e}"),
-                ),
-            );
+            let mut resp = text(status, msg);
+            forwarding.headers.response.apply(resp.headers_mut());
+            return record.finish(None, mtls, flag, resp);
         }
     };
+    if let Some(e) = record.log.as_mut() {
+        e.upstream_host = Some(endpoint.to_string());
+    }
     strip_hop_by_hop(resp.headers_mut());
     let code = resp.status().as_u16();
     let peer_principal = resp
@@ -343,6 +518,13 @@ pub async fn handle(
         .as_deref()
         .map(|p| Workload::from_peer_headers(resp.headers(), p));
     strip_peer_headers(resp.headers_mut());
+    forwarding.headers.response.apply(resp.headers_mut());
+    if let Some(h) = cluster_headers {
+        h.response.apply(resp.headers_mut());
+    }
+    if let (Some(c), Some(origin)) = (&forwarding.cors, cors_origin) {
+        cors::decorate(c, origin, resp.headers_mut());
+    }
     let response_size = content_length(resp.headers());
     if let (Some(mixer), Some(mut bag)) = (&ctx.mixer, report_bag) {
         add_response(
@@ -361,7 +543,13 @@ pub async fn handle(
             peer_principal.as_deref().unwrap_or(""),
         )),
         mtls,
-        flags::NONE,
+        if exhausted {
+            retry::flags::RETRIES_EXHAUSTED
+        } else if injected.delayed {
+            fault::flags::DELAY_INJECTED
+        } else {
+            flags::NONE
+        },
         streamed(resp),
     )
 }
@@ -388,3 +576,7 @@ fn redirect_response(code: u16, location: &str) -> Response<Body> {
         ),
     }
 }
+
+#[cfg(test)]
+#[path = "routed_tests.rs"]
+mod tests;

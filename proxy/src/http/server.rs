@@ -1,20 +1,117 @@
-//! Accept loops: plaintext HTTP/1.1 for routed listeners, mTLS then HTTP/1.1 for inbound.
+//! Accept loops: plaintext HTTP/1.1 or h2c (prior knowledge, told apart by the connection
+//! preface) for routed listeners; for inbound, mTLS and/or plaintext (by the peer
+//! authentication mode), then by the negotiated ALPN (see [`super::alpn`]) HTTP/1.1, HTTP/2,
+//! or a raw TCP stream spliced to the application.
+//!
+//! Every HTTP connection allows `Connection: upgrade` (WebSocket and the like): when the
+//! upstream answers 101, the downstream and upstream connections are spliced both ways.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use http::header::{CONNECTION, HOST, HeaderValue, UPGRADE};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use super::alpn::{HopProtocol, ServerAlpn};
 use super::context::ProxyContext;
+use super::inbound::InboundConn;
+use super::response::{Body, text};
 use super::routed::{self, RoutedKind};
+use crate::authz::{MtlsMode, sniff_tls};
 
 const DRAIN: Duration = Duration::from_secs(5);
+/// How long a client may take to start (PERMISSIVE sniffing) or finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/1.1 (keep-alive, upgrades) and HTTP/2, told apart by the connection preface.
+fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().keep_alive(true);
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(1024);
+    b
+}
+
+/// Whether a request asks to switch protocols (`Connection: upgrade` and `Upgrade`).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// HTTP/2 requests carry the authority in `:authority`; a mesh hop sends the logical one in
+/// `Host` (the URI names the endpoint dialled). The request is made origin-form with `Host`
+/// set, so the authority is read the same way for both versions.
+fn normalize_h2_authority<B>(req: &mut Request<B>) {
+    if req.version() != Version::HTTP_2 {
+        return;
+    }
+    if !req.headers().contains_key(HOST)
+        && let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(HOST, v);
+    }
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = Uri::from(pq);
+    }
+}
+
+/// Runs `handle` for one request; when it asked to upgrade and the answer is 101, splices the
+/// downstream connection with the upstream one once both have switched.
+async fn serve_request<F, Fut>(mut req: Request<Incoming>, handle: F) -> Response<Body>
+where
+    F: FnOnce(Request<Incoming>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    normalize_h2_authority(&mut req);
+    let downstream = wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let mut resp = handle(req).await;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return resp;
+    }
+    let Some(downstream) = downstream else {
+        // A 101 nobody asked for cannot be honoured on this connection.
+        return text(
+            StatusCode::BAD_GATEWAY,
+            "upstream switched protocols without an upgrade request",
+        );
+    };
+    let upstream = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let (down, up) = match tokio::try_join!(downstream, upstream) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut down = TokioIo::new(down);
+        let mut up = TokioIo::new(up);
+        match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            Ok((to_up, to_down)) => {
+                tracing::debug!(to_up, to_down, "upgraded connection closed");
+            }
+            Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+        }
+    });
+    resp
+}
 
 /// Serves a routed listener (`virtualOutbound`, `0.0.0.0_<port>`) until `shutdown`.
 pub async fn serve_routed(
@@ -25,6 +122,7 @@ pub async fn serve_routed(
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
+    let builder = http_builder();
     let name: Arc<str> = listener_name.into();
     tokio::pin!(shutdown);
     loop {
@@ -44,14 +142,19 @@ pub async fn serve_routed(
         let svc = service_fn(move |req| {
             let ctx = ctx.clone();
             let name = name.clone();
-            async move { Ok::<_, Infallible>(routed::handle(&ctx, &name, kind, remote, req).await) }
+            async move {
+                let resp = serve_request(req, |req| async {
+                    routed::handle(&ctx, &name, kind, remote, req).await
+                })
+                .await;
+                Ok::<_, Infallible>(resp)
+            }
         });
-        let conn = http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "downstream connection ended with an error");
             }
         });
@@ -59,14 +162,21 @@ pub async fn serve_routed(
     let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
 }
 
-/// Serves the inbound listener: mTLS (client certificate required) with the workload identity,
-/// then HTTP/1.1 to the application. Connections before the identity is held are closed.
+/// Serves the inbound listener with the peer authentication mode Pilot gives for the local
+/// port (`virtualInbound`; mTLS only until it arrives): STRICT → mutual TLS (client certificate
+/// required) with the workload identity, PERMISSIVE → mutual TLS or plaintext told apart by the
+/// first byte, DISABLE → plaintext. Then, by the negotiated ALPN, HTTP (HTTP/1.1 or HTTP/2,
+/// forwarded to the application in the same version) or, for `istio-tcp`, the raw stream
+/// spliced to the application. TLS connections before the identity is held are closed.
 pub async fn serve_inbound(
     listener: TcpListener,
     ctx: Arc<ProxyContext>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
+    let builder = http_builder();
+    let alpn = Arc::new(ServerAlpn::default());
+    let bound = listener.local_addr().ok();
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -79,22 +189,70 @@ pub async fn serve_inbound(
             },
             _ = &mut shutdown => break,
         };
-        let Some(identity) = ctx.identity.get() else {
-            tracing::warn!(%remote, "inbound connection before the workload certificate is held; closing");
+        let Some(local) = stream.local_addr().ok().or(bound) else {
             continue;
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
+        let mode = ctx
+            .config
+            .load()
+            .inbound_policy()
+            .map_or(MtlsMode::Strict, |p| p.modes.for_port(local.port()));
         let ctx = ctx.clone();
         let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let alpn = alpn.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                .await
-            {
+            let tls = match mode {
+                MtlsMode::Strict => true,
+                MtlsMode::Disable => false,
+                MtlsMode::Permissive => match sniff_tls(&stream, HANDSHAKE_TIMEOUT).await {
+                    Some(t) => t,
+                    None => return,
+                },
+            };
+            let conn = |peer: Arc<str>, mtls| {
+                Arc::new(InboundConn {
+                    peer,
+                    remote,
+                    local,
+                    mtls,
+                })
+            };
+            let svc = |conn: Arc<InboundConn>| {
+                let ctx = ctx.clone();
+                service_fn(move |req| {
+                    let ctx = ctx.clone();
+                    let conn = conn.clone();
+                    async move {
+                        let resp = serve_request(req, |req| async {
+                            super::inbound::handle(&ctx, &conn, req).await
+                        })
+                        .await;
+                        Ok::<_, Infallible>(resp)
+                    }
+                })
+            };
+            if !tls {
+                let c = builder.serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    svc(conn("".into(), false)),
+                );
+                if let Err(e) = watcher.watch(c).await {
+                    tracing::debug!(error = %e, "inbound plaintext connection ended with an error");
+                }
+                return;
+            }
+            let Some(identity) = ctx.identity.get() else {
+                tracing::warn!(%remote, "inbound connection before the workload certificate is held; closing");
+                return;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(alpn.config(identity.server_config()));
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     ctx.metrics.tls_handshake_failures.inc();
-                    tracing::info!(%remote, error = %e, "inbound mTLS handshake failed");
+                    tracing::info!(%remote, ?mode, error = %e, "inbound mTLS handshake failed");
                     return;
                 }
                 Err(_) => {
@@ -107,20 +265,22 @@ pub async fn serve_inbound(
                 .map(|id| id.to_string())
                 .unwrap_or_default()
                 .into();
-            let svc = service_fn(move |req| {
-                let ctx = ctx.clone();
-                let peer = peer.clone();
-                async move {
-                    Ok::<_, Infallible>(super::inbound::handle(&ctx, &peer, remote, req).await)
-                }
-            });
-            let conn = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(conn).await {
+            let protocol = HopProtocol::of_alpn(tls.get_ref().1.alpn_protocol());
+            if protocol == HopProtocol::Tcp {
+                let sni = tls.get_ref().1.server_name().map(str::to_string);
+                crate::tcp::serve_inbound(&ctx, &peer, remote, local, sni.as_deref(), tls).await;
+                return;
+            }
+            let c =
+                builder.serve_connection_with_upgrades(TokioIo::new(tls), svc(conn(peer, true)));
+            if let Err(e) = watcher.watch(c).await {
                 tracing::debug!(error = %e, "inbound connection ended with an error");
             }
         });
     }
     let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -20,6 +20,11 @@ pub static PEER_NAMESPACE: HeaderName = HeaderName::from_static("x-mesh-peer-nam
 pub static PEER_APP: HeaderName = HeaderName::from_static("x-mesh-peer-app");
 /// `x-mesh-peer-version`.
 pub static PEER_VERSION: HeaderName = HeaderName::from_static("x-mesh-peer-version");
+/// `x-mesh-destination-service`: the service FQDN the calling sidecar routed the request to
+/// (the cluster's service), so the server side labels its series with the same
+/// `destination_service` rather than guessing from the Host header. Istio 1.4's client sidecar
+/// forwarded `destination.service.*` to the server the same way (`x-istio-attributes`).
+pub static DESTINATION_SERVICE: HeaderName = HeaderName::from_static("x-mesh-destination-service");
 
 /// The DNS suffix of service FQDNs.
 const CLUSTER_DOMAIN: &str = "svc.cluster.local";
@@ -131,11 +136,24 @@ impl Workload {
     }
 }
 
-/// Removes the `x-mesh-peer-*` headers.
+/// Removes the `x-mesh-peer-*` and `x-mesh-destination-service` headers.
 pub fn strip_peer_headers(headers: &mut HeaderMap) {
-    for h in [&PEER_WORKLOAD, &PEER_NAMESPACE, &PEER_APP, &PEER_VERSION] {
+    for h in [
+        &PEER_WORKLOAD,
+        &PEER_NAMESPACE,
+        &PEER_APP,
+        &PEER_VERSION,
+        &DESTINATION_SERVICE,
+    ] {
         headers.remove(h);
     }
+}
+
+/// The service a calling sidecar routed to, from `x-mesh-destination-service` (call only for
+/// headers that came over mTLS from a sidecar).
+pub fn forwarded_destination_service(headers: &HeaderMap) -> Option<Service> {
+    let fqdn = headers.get(&DESTINATION_SERVICE)?.to_str().ok()?;
+    (!fqdn.is_empty()).then(|| Service::from_fqdn(fqdn))
 }
 
 /// `N` of `spiffe://<td>/ns/N/sa/S`.
@@ -333,6 +351,22 @@ mod tests {
         let w = Workload::from_peer_headers(&h, "spiffe://cluster.local/ns/shop/sa/web");
         assert_eq!((&*w.name, &*w.namespace), ("unknown", "shop"));
         assert_eq!(namespace_of_principal("spiffe://td/sa/x"), None);
+    }
+
+    #[test]
+    fn destination_service_is_forwarded_then_stripped() {
+        let mut h = HeaderMap::new();
+        assert_eq!(forwarded_destination_service(&h), None);
+        h.insert(
+            DESTINATION_SERVICE.clone(),
+            HeaderValue::from_static("productpage.default.svc.cluster.local"),
+        );
+        let s = forwarded_destination_service(&h).unwrap();
+        assert_eq!(&*s.name, "productpage");
+        assert_eq!(&*s.namespace, "default");
+        assert_eq!(&*s.fqdn, "productpage.default.svc.cluster.local");
+        strip_peer_headers(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

@@ -1,8 +1,13 @@
-//! Upstream connections: a keep-alive pool per endpoint, plaintext or mTLS.
+//! Upstream connections: a keep-alive pool per endpoint, plaintext or mTLS, HTTP/1.1 or HTTP/2.
 //!
 //! Built on hyper-util's pooled client with a connector that dials the endpoint and, for mTLS
 //! clusters, runs the rustls handshake with the workload's client configuration (which checks
 //! the server's SPIFFE SAN). The peer identity travels to the response as an extension.
+//!
+//! The upstream hop speaks the protocol the request arrived in: HTTP/2 requests (gRPC, h2c,
+//! h2 from another sidecar) go out over HTTP/2 (ALPN `istio-h2` to a sidecar, prior knowledge
+//! in plaintext), multiplexed on one pooled connection per endpoint; HTTP/1.x requests over
+//! HTTP/1.1 keep-alive connections (ALPN `istio`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,7 +18,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -23,6 +31,9 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::alpn::{self, HopProtocol};
+use crate::cluster::ClusterStates;
 
 /// The SPIFFE id the upstream presented (on responses over mTLS).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,23 +166,60 @@ impl AsyncWrite for MeshStream {
     }
 }
 
-type PooledClient = Client<MeshConnector, Incoming>;
+/// Any error a request body can fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-fn client(tls: Option<Arc<ClientConfig>>, connect_timeout: Duration) -> PooledClient {
-    Client::builder(TokioExecutor::new())
+/// The body of requests sent upstream: the downstream body streamed, or a buffered copy.
+pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+
+type PooledClient = Client<MeshConnector, UpstreamBody>;
+
+/// A workload TLS configuration and the pool built from it.
+type TlsPool = (Arc<ClientConfig>, PooledClient);
+
+fn client(
+    tls: Option<Arc<ClientConfig>>,
+    connect_timeout: Duration,
+    protocol: HopProtocol,
+) -> PooledClient {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(64)
-        .build(MeshConnector {
-            tls,
-            connect_timeout,
-        })
+        .pool_max_idle_per_host(64);
+    if protocol == HopProtocol::Http2 {
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_while_idle(false);
+    }
+    let tls = tls.map(|base| alpn::client_config(&base, protocol));
+    builder.build(MeshConnector {
+        tls,
+        connect_timeout,
+    })
 }
 
-/// The upstream side: one pooled client for plaintext, one per mTLS configuration.
+/// The hop protocol for a request: HTTP/2 requests stay HTTP/2.
+fn protocol_of(version: http::Version) -> HopProtocol {
+    if version == http::Version::HTTP_2 {
+        HopProtocol::Http2
+    } else {
+        HopProtocol::Http1
+    }
+}
+
+/// The upstream side: pooled clients for plaintext and per mTLS configuration (each for
+/// HTTP/1.1 and HTTP/2), and each cluster's load balancing, circuit breaker and outlier state.
 pub struct Upstream {
     plain: PooledClient,
+    plain_h2: PooledClient,
     connect_timeout: Duration,
-    tls: Mutex<HashMap<usize, PooledClient>>,
+    /// Keyed by the address of the workload's configuration, which the entry holds so that the
+    /// address is not reused by another configuration meanwhile.
+    tls: Mutex<HashMap<(usize, HopProtocol), TlsPool>>,
+    /// Per-cluster runtime state (kept across config updates).
+    pub clusters: ClusterStates,
 }
 
 impl Default for Upstream {
@@ -183,20 +231,89 @@ impl Default for Upstream {
 impl Upstream {
     pub fn new(connect_timeout: Duration) -> Self {
         Upstream {
-            plain: client(None, connect_timeout),
+            plain: client(None, connect_timeout, HopProtocol::Http1),
+            plain_h2: client(None, connect_timeout, HopProtocol::Http2),
             connect_timeout,
             tls: Mutex::new(HashMap::new()),
+            clusters: ClusterStates::default(),
+        }
+    }
+
+    /// Sends `req` in the background (request mirroring): the answer is read and dropped, and
+    /// the whole exchange is abandoned after 30 s.
+    pub fn send_detached(
+        &self,
+        endpoint: SocketAddr,
+        tls: Option<Arc<ClientConfig>>,
+        req: Request<UpstreamBody>,
+        cluster: String,
+    ) {
+        let client = self.client_for(tls.clone(), protocol_of(req.version()));
+        let mut req = req;
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        match Uri::builder()
+            .scheme(if tls.is_some() { "https" } else { "http" })
+            .authority(endpoint.to_string())
+            .path_and_query(pq)
+            .build()
+        {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return,
+        }
+        tokio::spawn(async move {
+            let exchange = async {
+                let resp = client.request(req).await?;
+                let status = resp.status().as_u16();
+                let _ = resp.into_body().collect().await;
+                Ok::<u16, hyper_util::client::legacy::Error>(status)
+            };
+            match tokio::time::timeout(Duration::from_secs(30), exchange).await {
+                Ok(Ok(status)) => tracing::debug!(%cluster, %endpoint, status, "mirror answered"),
+                Ok(Err(e)) => tracing::debug!(%cluster, %endpoint, error = %e, "mirror failed"),
+                Err(_) => tracing::debug!(%cluster, %endpoint, "mirror timed out"),
+            }
+        });
+    }
+
+    fn client_for(&self, tls: Option<Arc<ClientConfig>>, protocol: HopProtocol) -> PooledClient {
+        match tls {
+            None if protocol == HopProtocol::Http2 => self.plain_h2.clone(),
+            None => self.plain.clone(),
+            Some(cfg) => {
+                let key = (Arc::as_ptr(&cfg) as usize, protocol);
+                let mut map = self.tls.lock();
+                if map.len() > 256 {
+                    map.clear();
+                }
+                map.entry(key)
+                    .or_insert_with(|| {
+                        let pool = client(Some(cfg.clone()), self.connect_timeout, protocol);
+                        (cfg, pool)
+                    })
+                    .1
+                    .clone()
+            }
         }
     }
 
     /// Sends `req` to `endpoint` (the request URI is rewritten to `http://endpoint/path`),
-    /// over mTLS when `tls` is given.
-    pub async fn send(
+    /// over mTLS when `tls` is given, in the request's HTTP version (HTTP/2 stays HTTP/2). The
+    /// logical authority travels in `Host`.
+    pub async fn send<B>(
         &self,
         endpoint: SocketAddr,
         tls: Option<Arc<ClientConfig>>,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        req: Request<B>,
+    ) -> Result<Response<Incoming>, UpstreamError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri = Uri::builder()
             .scheme(if tls.is_some() { "https" } else { "http" })
@@ -205,21 +322,10 @@ impl Upstream {
             .build()
             .map_err(|e| UpstreamError::Request(e.to_string()))?;
         *req.uri_mut() = uri;
-        let client = match tls {
-            None => self.plain.clone(),
-            Some(cfg) => {
-                // Keyed by the config's identity: a rotated certificate gives a new config and
-                // so a fresh pool.
-                let key = Arc::as_ptr(&cfg) as usize;
-                let mut map = self.tls.lock();
-                if map.len() > 256 {
-                    map.clear();
-                }
-                map.entry(key)
-                    .or_insert_with(|| client(Some(cfg), self.connect_timeout))
-                    .clone()
-            }
-        };
+        let protocol = protocol_of(req.version());
+        // Keyed by the TLS config's identity: a rotated certificate gives a new config and so a
+        // fresh pool.
+        let client = self.client_for(tls, protocol);
         client.request(req).await.map_err(|e| {
             if e.is_connect() {
                 let mut msg = e.to_string();

@@ -1,9 +1,11 @@
 //! The route table model the proxy serves from (decoded from RDS `RouteConfiguration`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde::Serialize;
+
+use super::policy::{Cors, Fault, HashPolicy, HeaderPolicy, Mirror, RetryPolicy};
 
 /// One route configuration (`http_proxy`, `http.80`, ...).
 #[derive(Debug, Clone, Serialize)]
@@ -111,6 +113,20 @@ pub struct Forwarding {
     /// Envoy route `timeout`, from sending the request upstream to the response headers (the
     /// request answers 504 when it runs out). `None`: no limit, Istio's default.
     pub timeout: Option<Duration>,
+    /// Route-level header operations (`request_headers_to_add/remove`, `response_...`).
+    pub headers: HeaderPolicy,
+    /// Header operations of individual weighted clusters, by cluster name.
+    pub cluster_headers: BTreeMap<String, HeaderPolicy>,
+    /// `envoy.filters.http.fault` per-route config.
+    pub fault: Option<Fault>,
+    /// `retry_policy`; `None`: a single attempt.
+    pub retry: Option<RetryPolicy>,
+    /// `request_mirror_policies`.
+    pub mirrors: Vec<Mirror>,
+    /// `envoy.filters.http.cors` per-route config.
+    pub cors: Option<Cors>,
+    /// `hash_policy`, for consistent-hash clusters.
+    pub hash_policy: Vec<HashPolicy>,
 }
 
 impl Route {

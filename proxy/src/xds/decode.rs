@@ -22,6 +22,7 @@ use mesh_proto::envoy::google::protobuf::Any;
 use mesh_proto::type_url;
 use prost::Message;
 
+use crate::authz::{INBOUND_LISTENER, InboundPolicy};
 use crate::cluster::{Cluster, UpstreamTls};
 use crate::routing::{
     Forwarding, HeaderMatch, HeaderMatchKind, PathMatch, Redirect, Route, RouteAction, RouteTable,
@@ -78,12 +79,34 @@ pub fn listener(any: &Any) -> Result<Listener, DecodeError> {
         _ => None,
     };
     let mut route_config_name = None;
+    let mut tcp = None;
     let chains = l.filter_chains.iter().chain(l.default_filter_chain.iter());
     for (ci, chain) in chains.enumerate() {
         for (fi, f) in chain.filters.iter().enumerate() {
             let Some(filter::ConfigType::TypedConfig(tc)) = &f.config_type else {
                 continue;
             };
+            // A TCP port's listener (`crate::tcp`): one chain per filter chain, by SNI.
+            if let Some(t) = crate::tcp::decode_tcp_proxy(tc).map_err(|(field, reason)| {
+                invalid(
+                    &res,
+                    format!("filter_chains[{ci}].filters[{fi}].{field}"),
+                    reason,
+                )
+            })? {
+                let server_names = chain
+                    .filter_chain_match
+                    .as_ref()
+                    .map(|m| m.server_names.clone())
+                    .unwrap_or_default();
+                tcp.get_or_insert_with(crate::tcp::TcpProxy::default)
+                    .chains
+                    .extend(t.chains.into_iter().map(|mut c| {
+                        c.server_names = server_names.clone();
+                        c
+                    }));
+                continue;
+            }
             if tc.type_url != type_url::HTTP_CONNECTION_MANAGER {
                 continue;
             }
@@ -97,6 +120,8 @@ pub fn listener(any: &Any) -> Result<Listener, DecodeError> {
                 Some(RouteSpecifier::Rds(rds)) if !rds.route_config_name.is_empty() => {
                     route_config_name.get_or_insert(rds.route_config_name);
                 }
+                // The inbound listener routes inline to the local application.
+                Some(RouteSpecifier::RouteConfig(_)) if l.name == INBOUND_LISTENER => {}
                 _ => {
                     return Err(invalid(
                         &res,
@@ -107,10 +132,19 @@ pub fn listener(any: &Any) -> Result<Listener, DecodeError> {
             }
         }
     }
+    // The inbound listener's security config, compiled once per LDS version.
+    let inbound = if l.name == INBOUND_LISTENER {
+        let policy = InboundPolicy::decode(&l).map_err(|e| invalid(&res, e.field, e.reason))?;
+        Some(std::sync::Arc::new(policy))
+    } else {
+        None
+    };
     Ok(Listener {
         name: l.name,
         address,
         route_config_name,
+        inbound,
+        tcp: tcp.map(std::sync::Arc::new),
     })
 }
 
@@ -160,6 +194,8 @@ fn decode_route(
     field: &str,
     r: mesh_proto::envoy::envoy::config::route::v3::Route,
 ) -> Result<Route, DecodeError> {
+    let mut forwarding = Forwarding::default();
+    policies(res, field, &r, &mut forwarding)?;
     let m = r
         .r#match
         .ok_or_else(|| invalid(res, format!("{field}.match"), "missing"))?;
@@ -182,9 +218,9 @@ fn decode_route(
     for (hi, h) in m.headers.into_iter().enumerate() {
         headers.push(header(res, &format!("{field}.match.headers[{hi}]"), h)?);
     }
-    let mut forwarding = Forwarding::default();
     let action = match r.action {
         Some(Action::Route(ra)) => {
+            route_policies(res, field, &ra, &mut forwarding)?;
             forwarding.prefix_rewrite =
                 (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.clone());
             if let Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) =
@@ -218,6 +254,75 @@ fn decode_route(
         action,
         forwarding,
     })
+}
+
+/// Route-level header operations, fault injection and CORS (`crate::routing::envoy`).
+fn policies(
+    res: &str,
+    field: &str,
+    r: &mesh_proto::envoy::envoy::config::route::v3::Route,
+    fw: &mut Forwarding,
+) -> Result<(), DecodeError> {
+    use crate::routing::envoy as pol;
+    let at = |(f, reason): pol::FieldError| invalid(res, format!("{field}.{f}"), reason);
+    fw.headers.request = pol::header_ops(
+        &r.request_headers_to_add,
+        &r.request_headers_to_remove,
+        "request_headers",
+    )
+    .map_err(at)?;
+    fw.headers.response = pol::header_ops(
+        &r.response_headers_to_add,
+        &r.response_headers_to_remove,
+        "response_headers",
+    )
+    .map_err(at)?;
+    fw.fault = pol::fault(&r.typed_per_filter_config).map_err(at)?;
+    fw.cors = pol::cors(&r.typed_per_filter_config).map_err(at)?;
+    Ok(())
+}
+
+/// Retry policy, mirrors and weighted clusters' header operations of a route action.
+fn route_policies(
+    res: &str,
+    field: &str,
+    ra: &mesh_proto::envoy::envoy::config::route::v3::RouteAction,
+    fw: &mut Forwarding,
+) -> Result<(), DecodeError> {
+    use crate::routing::envoy as pol;
+    let at = |(f, reason): pol::FieldError| invalid(res, format!("{field}.route.{f}"), reason);
+    fw.retry = ra
+        .retry_policy
+        .as_ref()
+        .map(pol::retry)
+        .transpose()
+        .map_err(at)?;
+    fw.mirrors = pol::mirrors(&ra.request_mirror_policies).map_err(at)?;
+    fw.hash_policy = pol::hash_policies(&ra.hash_policy).map_err(at)?;
+    if let Some(route_action::ClusterSpecifier::WeightedClusters(wc)) = &ra.cluster_specifier {
+        for (i, c) in wc.clusters.iter().enumerate() {
+            let f = format!("weighted_clusters.clusters[{i}].");
+            let request = pol::header_ops(
+                &c.request_headers_to_add,
+                &c.request_headers_to_remove,
+                &format!("{f}request_headers"),
+            )
+            .map_err(at)?;
+            let response = pol::header_ops(
+                &c.response_headers_to_add,
+                &c.response_headers_to_remove,
+                &format!("{f}response_headers"),
+            )
+            .map_err(at)?;
+            if !request.is_empty() || !response.is_empty() {
+                fw.cluster_headers.insert(
+                    c.name.clone(),
+                    crate::routing::HeaderPolicy { request, response },
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A redirect action; the parts the mesh does not emit (regex rewrites) are refused.
@@ -407,7 +512,14 @@ pub fn cluster(any: &Any) -> Result<Cluster, DecodeError> {
             }
         },
     };
+    let at = |(f, reason): crate::cluster::envoy::FieldError| invalid(&res, f, reason);
+    let lb = crate::cluster::envoy::lb_policy(&c).map_err(at)?;
+    let outlier = crate::cluster::envoy::outlier_detection(&c).map_err(at)?;
     Ok(Cluster {
+        lb,
+        limits: crate::cluster::envoy::limits(&c),
+        max_requests_per_connection: crate::cluster::envoy::max_requests_per_connection(&c),
+        outlier,
         name: c.name,
         eds_name,
         connect_timeout,

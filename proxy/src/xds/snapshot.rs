@@ -17,6 +17,12 @@ pub struct Listener {
     pub address: Option<SocketAddr>,
     /// The RDS route configuration its HTTP connection manager uses.
     pub route_config_name: Option<String>,
+    /// `virtualInbound` only: the compiled peer authentication, JWT and RBAC config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<Arc<crate::authz::InboundPolicy>>,
+    /// Listeners of a TCP port: the `tcp_proxy` filter's clusters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<Arc<crate::tcp::TcpProxy>>,
 }
 
 /// The version last applied per resource type (empty before the first).
@@ -44,6 +50,14 @@ impl Config {
     pub fn route_table_for(&self, listener: &str) -> Option<&RouteTable> {
         let name = self.listeners.get(listener)?.route_config_name.as_ref()?;
         self.routes.get(name).map(|r| r.as_ref())
+    }
+
+    /// The inbound security config, when Pilot sent `virtualInbound`.
+    pub fn inbound_policy(&self) -> Option<&Arc<crate::authz::InboundPolicy>> {
+        self.listeners
+            .get(crate::authz::INBOUND_LISTENER)?
+            .inbound
+            .as_ref()
     }
 
     /// The endpoints of a cluster.

@@ -122,6 +122,7 @@ pub fn context(
         node,
         app_addr,
         access_log: None,
+        tracer: None,
     })
 }
 
