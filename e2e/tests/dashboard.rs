@@ -186,11 +186,9 @@ async fn dashboard_shows_the_demo_and_follows_a_weight_change() {
         assert!(nodes.iter().any(|x| x == n), "node {n} missing: {nodes:?}");
     }
     let got = edges(&dom);
-    // Sidecar to sidecar is mutual TLS. (The gateway → productpage edge is mTLS too, but
-    // productpage's sidecar still names the service after the client's Host header, so its
-    // server-side series lands on another edge: skipped until the proxy forwards the destination
-    // service.)
-    for k in expected.iter().skip(1) {
+    // Every hop is mutual TLS, the gateway's to productpage included: the server side learns
+    // the service the caller routed to, so its series land on the same edge.
+    for k in &expected {
         assert!(got[k].1, "edge {k:?} is not shown as mTLS: {got:?}");
     }
     // The selected service's configuration comes from Galley (the demo's DestinationRule).

@@ -241,19 +241,33 @@ async fn bookinfo_through_the_mesh() {
         );
     }
 
-    // (c) mutual TLS: a plaintext request to a sidecar's inbound listener gets no answer...
+    // (c) mutual TLS: PERMISSIVE is the default (as in Istio; e2e/tests/security.rs covers it);
+    // under a mesh-wide STRICT PeerAuthentication a plaintext request to a sidecar's inbound
+    // listener gets no answer...
+    let strict = write(
+        files.path(),
+        "strict.yaml",
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: istio-system\nspec:\n  mtls:\n    mode: STRICT\n",
+    );
+    ok_output(
+        "meshctl apply strict.yaml",
+        &mesh.meshctl(&["apply", "-f", strict.to_str().unwrap()]),
+    );
     let inbound = mesh.proxy("reviews-v1")["inbound"]
         .as_str()
         .unwrap()
         .to_string();
-    let plain = http().get(format!("http://{inbound}/reviews")).send().await;
-    match plain {
-        Err(_) => {}
-        Ok(r) => panic!(
-            "plaintext request to the mTLS inbound listener answered {}",
-            r.status()
-        ),
-    }
+    poll(
+        "plaintext refused by the STRICT inbound listener",
+        Duration::from_secs(60),
+        || async {
+            match http().get(format!("http://{inbound}/reviews")).send().await {
+                Err(_) => Ok(()),
+                Ok(r) => Err(format!("plaintext request answered {}", r.status())),
+            }
+        },
+    )
+    .await;
     // ...while the mesh's own calls were mutual TLS from productpage's identity.
     let admin = mesh.proxy("reviews-v1")["admin"]
         .as_str()

@@ -118,12 +118,19 @@ pub struct Mesh {
 impl Mesh {
     /// Runs `meshctl up --demo --state <tempdir>` and waits (with a deadline) for `mesh.json`.
     pub fn start_demo() -> Mesh {
+        Mesh::start_demo_with(&[])
+    }
+
+    /// Like [`Mesh::start_demo`], with `extra` flags for `meshctl up`
+    /// (e.g. `["--trace-collector", "127.0.0.1:4317"]`).
+    pub fn start_demo_with(extra: &[&str]) -> Mesh {
         let state = tempfile::tempdir().expect("tempdir");
         let out = std::fs::File::create(state.path().join("meshctl.stdout")).expect("stdout file");
         let err = std::fs::File::create(state.path().join("meshctl.stderr")).expect("stderr file");
         let meshctl = Command::new(bin("meshctl"))
             .args(["up", "--demo", "--state"])
             .arg(state.path())
+            .args(extra)
             .env("MESH_BIN_DIR", bin_dir())
             .env("MESH_UP_TIMEOUT", "240")
             .stdin(Stdio::null())

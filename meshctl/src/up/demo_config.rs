@@ -43,6 +43,20 @@ pub fn service_account(app: &str) -> String {
     format!("bookinfo-{app}")
 }
 
+/// The versions that run under their own service account `bookinfo-<app>-<version>`, so an
+/// AuthorizationPolicy can tell them apart (Istio's sample denies reviews-v3's calls to ratings).
+const OWN_SERVICE_ACCOUNT: &[(&str, &str)] = &[("reviews", "v3")];
+
+/// The service account of one instance: `bookinfo-<app>`, or `bookinfo-<app>-<version>` for the
+/// versions in [`OWN_SERVICE_ACCOUNT`].
+pub fn instance_service_account(app: &str, version: &str) -> String {
+    if OWN_SERVICE_ACCOUNT.contains(&(app, version)) {
+        format!("bookinfo-{app}-{version}")
+    } else {
+        service_account(app)
+    }
+}
+
 /// Every object of the demo for these instances.
 pub fn demo_objects(instances: &[DemoInstance]) -> Vec<ConfigObject> {
     let mut out = Vec::new();
@@ -68,7 +82,7 @@ pub fn demo_objects(instances: &[DemoInstance]) -> Vec<ConfigObject> {
             Kind::Pod,
             &i.pod,
             json!({
-                "spec": {"serviceAccountName": service_account(&i.app), "containers": [{"name": i.app}]},
+                "spec": {"serviceAccountName": instance_service_account(&i.app, &i.version), "containers": [{"name": i.app}]},
                 "status": {"podIP": "127.0.0.1", "phase": "Running"},
             }),
             json!({"app": i.app, "version": i.version}),
@@ -227,6 +241,12 @@ mod tests {
         assert_eq!(
             pod.spec.service_account_name.as_deref(),
             Some("bookinfo-reviews")
+        );
+        // reviews-v3 has its own service account.
+        let v3: Pod = find(&objs, Kind::Pod, "reviews-v3").body_as().unwrap();
+        assert_eq!(
+            v3.spec.service_account_name.as_deref(),
+            Some("bookinfo-reviews-v3")
         );
         assert_eq!(pod.status.pod_ip.as_deref(), Some("127.0.0.1"));
 

@@ -69,6 +69,11 @@ pub struct UpArgs {
     /// Seconds to wait for each stage (control plane, data plane) to become ready.
     #[arg(long, env = "MESH_UP_TIMEOUT", default_value_t = 120)]
     pub timeout: u64,
+
+    /// OpenTelemetry collector (OTLP over gRPC, `127.0.0.1:4317`) every proxy exports its spans
+    /// to; the proxies then record every trace (sampling 100%). No tracing when unset.
+    #[arg(long, env = "MESH_TRACE_COLLECTOR")]
+    pub trace_collector: Option<String>,
 }
 
 /// `up` failed.
@@ -180,8 +185,9 @@ pub async fn run(args: UpArgs, state_dir: PathBuf) -> Result<(), UpError> {
 
     let ports = ports::pick_free_ports(Layout::ports_needed(args.demo))
         .map_err(|e| UpError::Ports(e.to_string()))?;
-    let layout = Layout::new(dirs, args.demo, &mut PortPool::new(ports))
+    let mut layout = Layout::new(dirs, args.demo, &mut PortPool::new(ports))
         .map_err(|e| UpError::Ports(e.to_string()))?;
+    layout.trace_collector = args.trace_collector.clone();
 
     let demo_file = layout.dirs.config.join(DEMO_FILE);
     if args.demo {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::demo_config::{DEMO_APPS, DEMO_NAMESPACE, DemoInstance, service_account};
+use super::demo_config::{DEMO_APPS, DEMO_NAMESPACE, DemoInstance, instance_service_account};
 use super::ports::{Exhausted, PortPool};
 use crate::state::{
     AppAddrs, GalleyAddrs, GrpcAddrs, MeshState, PilotAddrs, ProcessInfo, ProxyAddrs,
@@ -100,6 +100,8 @@ pub struct Layout {
     /// Where the ingress serves the Gateway's port 80.
     pub ingress_http: SocketAddr,
     pub workloads: Vec<Workload>,
+    /// Every proxy exports spans here (OTLP/gRPC) and records every trace; none when `None`.
+    pub trace_collector: Option<String>,
 }
 
 fn url(a: SocketAddr) -> String {
@@ -141,6 +143,7 @@ impl Layout {
             },
             ingress_http: next()?,
             workloads: Vec::new(),
+            trace_collector: None,
         };
         if demo {
             for (app, versions) in DEMO_APPS {
@@ -154,7 +157,7 @@ impl Layout {
                             router: false,
                             pod: format!("{app}-{version}"),
                             namespace: DEMO_NAMESPACE.into(),
-                            service_account: service_account(app),
+                            service_account: instance_service_account(app, version),
                             labels: format!("app={app},version={version}"),
                             outbound: next()?,
                             inbound: next()?,
@@ -308,6 +311,15 @@ impl Layout {
                 .display()
                 .to_string(),
         ]);
+        if let Some(collector) = &self.trace_collector {
+            // A local mesh is for looking at: record every trace.
+            args.extend([
+                "--trace-collector".into(),
+                collector.clone(),
+                "--trace-sampling".into(),
+                "100".into(),
+            ]);
+        }
         ProcSpec {
             name,
             program: self.dirs.bin("mesh-proxy"),
@@ -522,6 +534,7 @@ mod tests {
             flag(proxy, "--inbound-addr")[0].rsplit(':').next().unwrap()
         );
 
+        assert!(flag(proxy, "--trace-collector").is_empty());
         let ingress = data.iter().find(|p| p.name == "ingressgateway").unwrap();
         assert_eq!(flag(ingress, "--type"), ["router"]);
         assert_eq!(flag(ingress, "--namespace"), ["istio-system"]);
@@ -564,5 +577,28 @@ mod tests {
         let state = l.mesh_state(9, vec![]);
         assert_eq!(state.galley.api, url(l.galley_api));
         assert_eq!(state.proxies["istio-ingressgateway"].type_, "router");
+    }
+
+    #[test]
+    fn a_trace_collector_goes_to_every_proxy_with_full_sampling() {
+        let mut l = layout(true);
+        l.trace_collector = Some("127.0.0.1:4317".into());
+        let data = l.data_plane();
+        let proxies: Vec<&ProcSpec> = data
+            .iter()
+            .filter(|p| p.program == Path::new("/bin/mesh-proxy"))
+            .collect();
+        assert_eq!(proxies.len(), 7);
+        for p in proxies {
+            assert_eq!(
+                flag(p, "--trace-collector"),
+                ["127.0.0.1:4317"],
+                "{}",
+                p.name
+            );
+            assert_eq!(flag(p, "--trace-sampling"), ["100"], "{}", p.name);
+        }
+        let app = data.iter().find(|p| p.name == "reviews-v2").unwrap();
+        assert!(flag(app, "--trace-collector").is_empty());
     }
 }
