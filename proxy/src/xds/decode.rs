@@ -501,7 +501,7 @@ pub fn cluster(any: &Any) -> Result<Cluster, DecodeError> {
                     type_url::UPSTREAM_TLS_CONTEXT,
                     &format!("{res} transport_socket"),
                 )?;
-                Some(upstream_tls(&res, ctx)?)
+                Some(upstream_tls(ctx))
             }
             _ => {
                 return Err(invalid(
@@ -527,7 +527,7 @@ pub fn cluster(any: &Any) -> Result<Cluster, DecodeError> {
     })
 }
 
-fn upstream_tls(res: &str, ctx: UpstreamTlsContext) -> Result<UpstreamTls, DecodeError> {
+fn upstream_tls(ctx: UpstreamTlsContext) -> UpstreamTls {
     let validation = ctx
         .common_tls_context
         .and_then(|c| c.validation_context_type);
@@ -546,17 +546,13 @@ fn upstream_tls(res: &str, ctx: UpstreamTlsContext) -> Result<UpstreamTls, Decod
             _ => None,
         })
         .collect();
-    if expected_sans.is_empty() {
-        return Err(invalid(
-            res,
-            "transport_socket.common_tls_context.combined_validation_context",
-            "no exact match_typed_subject_alt_names",
-        ));
-    }
-    Ok(UpstreamTls {
+    // No SANs (Pilot knows no service account behind the service yet): like Envoy, verify the
+    // chain to the mesh root and accept any identity of the trust domain. Refusing the cluster
+    // here would NACK every cluster of the push.
+    UpstreamTls {
         expected_sans,
         sni: ctx.sni,
-    })
+    }
 }
 
 /// A `ClusterLoadAssignment`: its name and the addresses of its non-unhealthy endpoints.
@@ -586,4 +582,21 @@ pub fn load_assignment(any: &Any) -> Result<(String, Vec<SocketAddr>), DecodeErr
         }
     }
     Ok((cla.cluster_name, addrs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtls_cluster_without_sans_accepts_any_mesh_identity() {
+        let ctx = UpstreamTlsContext {
+            common_tls_context: Some(Default::default()),
+            sni: "outbound_.9080_._.a.default.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        let tls = upstream_tls(ctx);
+        assert!(tls.expected_sans.is_empty());
+        assert_eq!(tls.sni, "outbound_.9080_._.a.default.svc.cluster.local");
+    }
 }
