@@ -144,20 +144,15 @@ impl GalleyApi {
     /// Sends one file's text; `source` names it in Galley's answers and logs.
     pub async fn apply(&self, source: &str, text: String) -> Result<ApplyOutcome, ApiError> {
         let url = format!("{}/apis/v1/apply", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .header("x-mesh-source", source)
-            .header("content-type", "application/yaml")
-            .body(text)
-            .send()
-            .await
-            .map_err(|source| ApiError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
-        let status = resp.status().as_u16();
-        let body = read_body(&url, resp).await?;
+        let (status, body) = call(
+            &url,
+            self.http
+                .post(&url)
+                .header("x-mesh-source", source)
+                .header("content-type", "application/yaml")
+                .body(text),
+        )
+        .await?;
         match status {
             200 => {
                 let b: AppliedBody = decode(&url, &body)?;
@@ -185,17 +180,7 @@ impl GalleyApi {
             url.push_str("?namespace=");
             url.push_str(ns);
         }
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| ApiError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
-        let status = resp.status().as_u16();
-        let body = read_body(&url, resp).await?;
+        let (status, body) = call(&url, self.http.get(&url)).await?;
         if status != 200 {
             return Err(ApiError::Status { url, status, body });
         }
@@ -205,26 +190,15 @@ impl GalleyApi {
     /// Deletes `kind` `namespace/name`.
     pub async fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<(), ApiError> {
         let url = format!("{}/apis/v1/{}/{}/{}", self.base, kind, namespace, name);
-        let resp = self
-            .http
-            .delete(&url)
-            .send()
-            .await
-            .map_err(|source| ApiError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
-        match resp.status().as_u16() {
+        let (status, body) = call(&url, self.http.delete(&url)).await?;
+        match status {
             200 | 204 => Ok(()),
             404 => Err(ApiError::NotFound {
                 kind: kind.to_string(),
                 namespace: namespace.to_string(),
                 name: name.to_string(),
             }),
-            status => {
-                let body = read_body(&url, resp).await?;
-                Err(ApiError::Status { url, status, body })
-            }
+            _ => Err(ApiError::Status { url, status, body }),
         }
     }
 }
@@ -288,17 +262,7 @@ impl GalleyApi {
             url.push('?');
             url.push_str(&query.join("&"));
         }
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| ApiError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
-        let status = resp.status().as_u16();
-        let body = read_body(&url, resp).await?;
+        let (status, body) = call(&url, self.http.get(&url)).await?;
         if status != 200 {
             return Err(ApiError::Status { url, status, body });
         }
@@ -308,17 +272,7 @@ impl GalleyApi {
     /// Restores the store to its content at revision `rev`.
     pub async fn rollback(&self, rev: u64) -> Result<RollbackOutcome, ApiError> {
         let url = format!("{}/apis/v1/rollback/{rev}", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .send()
-            .await
-            .map_err(|source| ApiError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
-        let status = resp.status().as_u16();
-        let body = read_body(&url, resp).await?;
+        let (status, body) = call(&url, self.http.post(&url)).await?;
         match status {
             200 => {
                 let b: RollbackBody = decode(&url, &body)?;
@@ -346,6 +300,16 @@ fn encode(v: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Sends `req` (to `url`) and reads the whole answer: (status, body).
+async fn call(url: &str, req: reqwest::RequestBuilder) -> Result<(u16, String), ApiError> {
+    let resp = req.send().await.map_err(|source| ApiError::Unreachable {
+        url: url.to_string(),
+        source,
+    })?;
+    let status = resp.status().as_u16();
+    Ok((status, read_body(url, resp).await?))
 }
 
 async fn read_body(url: &str, resp: reqwest::Response) -> Result<String, ApiError> {
