@@ -378,8 +378,16 @@ async fn bench(p: Params) {
     for i in 0..p.clients {
         let ev = ev_tx.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = client(i, addr, ev).await {
-                eprintln!("client {i}: {e}");
+            // Like Envoy, a client whose stream fails (a connect refused or reset while thousands
+            // connect at once) reconnects after a growing pause.
+            for attempt in 1..=20u32 {
+                match client(i, addr, ev.clone()).await {
+                    Ok(()) => return,
+                    Err(e) if attempt == 20 => eprintln!("client {i}: {e}"),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                    }
+                }
             }
         }));
     }
