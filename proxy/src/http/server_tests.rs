@@ -242,19 +242,27 @@ async fn upgraded_connections_are_spliced_both_ways() {
 }
 
 #[tokio::test]
-async fn h2c_prior_knowledge_is_served_and_the_version_kept_to_the_app() {
+async fn h2c_prior_knowledge_is_served_and_only_grpc_reaches_the_app_as_http2() {
     let m = mesh(upgrade_app().await).await;
-    for (h2, want) in [(true, "HTTP/2.0"), (false, "HTTP/1.1")] {
+    // (client speaks h2c, gRPC content type, version the application sees): between the
+    // sidecars the request stays HTTP/2; to the plaintext application only gRPC does.
+    for (h2, grpc, want) in [
+        (true, false, "HTTP/1.1"),
+        (true, true, "HTTP/2.0"),
+        (false, false, "HTTP/1.1"),
+    ] {
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .http2_only(h2)
             .build_http::<Full<Bytes>>();
-        let req = Request::get(format!("http://{}/v", m.outbound))
-            .header("host", format!("{SERVICE}:{PORT}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let mut req = Request::get(format!("http://{}/v", m.outbound))
+            .header("host", format!("{SERVICE}:{PORT}"));
+        if grpc {
+            req = req.header("content-type", "application/grpc");
+        }
+        let req = req.body(Full::new(Bytes::new())).unwrap();
         let resp = client.request(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body, want.as_bytes(), "h2={h2}");
+        assert_eq!(body, want.as_bytes(), "h2={h2} grpc={grpc}");
     }
 }

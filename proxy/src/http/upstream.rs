@@ -4,10 +4,11 @@
 //! clusters, runs the rustls handshake with the workload's client configuration (which checks
 //! the server's SPIFFE SAN). The peer identity travels to the response as an extension.
 //!
-//! The upstream hop speaks the protocol the request arrived in: HTTP/2 requests (gRPC, h2c,
-//! h2 from another sidecar) go out over HTTP/2 (ALPN `istio-h2` to a sidecar, prior knowledge
-//! in plaintext), multiplexed on one pooled connection per endpoint; HTTP/1.x requests over
-//! HTTP/1.1 keep-alive connections (ALPN `istio`).
+//! Between sidecars the upstream hop speaks the protocol the request arrived in: HTTP/2
+//! requests go out over HTTP/2 (ALPN `istio-h2`), multiplexed on one pooled connection per
+//! endpoint; HTTP/1.x requests over HTTP/1.1 keep-alive connections (ALPN `istio`). In plaintext
+//! (to the application or outside the mesh) only gRPC keeps HTTP/2 (prior knowledge); other
+//! HTTP/2 requests are sent as HTTP/1.1.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -200,13 +201,28 @@ fn client(
     })
 }
 
-/// The hop protocol for a request: HTTP/2 requests stay HTTP/2.
-fn protocol_of(version: http::Version) -> HopProtocol {
-    if version == http::Version::HTTP_2 {
-        HopProtocol::Http2
-    } else {
-        HopProtocol::Http1
+/// The hop protocol for a request, and the version to send it with. Between sidecars (mTLS) an
+/// HTTP/2 request stays HTTP/2: the peer sidecar serves both. In plaintext (to the application,
+/// or to a destination outside the mesh) only gRPC stays HTTP/2, since gRPC servers speak it by
+/// definition; any other HTTP/2 request goes out as HTTP/1.1, which every HTTP server speaks
+/// (as Istio does for a port declared `http`).
+fn hop_protocol<B>(req: &Request<B>, mtls: bool) -> (HopProtocol, http::Version) {
+    if req.version() != http::Version::HTTP_2 {
+        return (HopProtocol::Http1, req.version());
     }
+    if mtls || is_grpc(req.headers()) {
+        (HopProtocol::Http2, http::Version::HTTP_2)
+    } else {
+        (HopProtocol::Http1, http::Version::HTTP_11)
+    }
+}
+
+/// `content-type: application/grpc` (or `application/grpc+proto` and the like).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
 /// The upstream side: pooled clients for plaintext and per mTLS configuration (each for
@@ -248,8 +264,10 @@ impl Upstream {
         req: Request<UpstreamBody>,
         cluster: String,
     ) {
-        let client = self.client_for(tls.clone(), protocol_of(req.version()));
+        let (protocol, version) = hop_protocol(&req, tls.is_some());
+        let client = self.client_for(tls.clone(), protocol);
         let mut req = req;
+        *req.version_mut() = version;
         let pq = req
             .uri()
             .path_and_query()
@@ -322,7 +340,8 @@ impl Upstream {
             .build()
             .map_err(|e| UpstreamError::Request(e.to_string()))?;
         *req.uri_mut() = uri;
-        let protocol = protocol_of(req.version());
+        let (protocol, version) = hop_protocol(&req, tls.is_some());
+        *req.version_mut() = version;
         // Keyed by the TLS config's identity: a rotated certificate gives a new config and so a
         // fresh pool.
         let client = self.client_for(tls, protocol);
@@ -339,5 +358,43 @@ impl Upstream {
                 UpstreamError::Request(e.to_string())
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: http::Version, content_type: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().version(version).uri("/");
+        if let Some(ct) = content_type {
+            b = b.header(http::header::CONTENT_TYPE, ct);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn http2_stays_http2_between_sidecars_and_for_grpc_only_in_plaintext() {
+        use http::Version;
+        let h2 = req(Version::HTTP_2, None);
+        let grpc = req(Version::HTTP_2, Some("application/grpc+proto"));
+        let h1 = req(Version::HTTP_11, None);
+        assert_eq!(
+            hop_protocol(&h2, true),
+            (HopProtocol::Http2, Version::HTTP_2)
+        );
+        assert_eq!(
+            hop_protocol(&grpc, false),
+            (HopProtocol::Http2, Version::HTTP_2)
+        );
+        // A plain HTTP/2 client in front of an HTTP/1.1-only application still gets through.
+        assert_eq!(
+            hop_protocol(&h2, false),
+            (HopProtocol::Http1, Version::HTTP_11)
+        );
+        assert_eq!(
+            hop_protocol(&h1, true),
+            (HopProtocol::Http1, Version::HTTP_11)
+        );
     }
 }
