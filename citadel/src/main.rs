@@ -50,6 +50,22 @@ struct Args {
     #[arg(long, env = "CITADEL_KUBE_TOKENREVIEW")]
     kube_tokenreview: bool,
 
+    /// Keep the CA key and certificate in the Kubernetes Secret istio-ca-secret (data keys
+    /// ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem, as Istio) instead of the state
+    /// directory: loaded if it exists, else a self-signed root is generated and the Secret
+    /// created (replicas racing to create it all end with the first one's root). Uses the
+    /// in-cluster or kubeconfig credentials; needs get and create on Secrets.
+    #[arg(long, env = "CITADEL_CA_SECRET")]
+    ca_secret: bool,
+
+    /// Namespace of the istio-ca-secret Secret (with --ca-secret); normally Citadel's own.
+    #[arg(
+        long,
+        env = "CITADEL_CA_SECRET_NAMESPACE",
+        default_value = "istio-system"
+    )]
+    ca_secret_namespace: String,
+
     /// Address of the monitoring listener (/healthz, /readyz, /metrics, /roots.pem).
     #[arg(
         long,
@@ -78,6 +94,7 @@ async fn main() {
         tls_addr: args.tls_addr,
         extra_roots: args.extra_roots,
         kube_tokenreview: args.kube_tokenreview,
+        ca_secret_namespace: args.ca_secret.then_some(args.ca_secret_namespace),
     };
     let result = mesh_runtime::run_until_signal(mesh_runtime::DEFAULT_GRACE, |stop| {
         citadel::run(config, stop)

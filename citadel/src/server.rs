@@ -22,7 +22,7 @@ use crate::authn::{
     Authenticators, CallerInfo, LocalTokenAuthenticator, PeerCertificateAuthenticator,
     TokenReviewAuthenticator,
 };
-use crate::ca::{CaError, CertificateAuthority, SignError, TtlPolicy};
+use crate::ca::{CaError, CaSecret, CertificateAuthority, SignError, TtlPolicy};
 use crate::metrics::{CitadelMetrics, CsrResult};
 use crate::tls::{MtlsConnectInfo, TlsSetupError};
 use crate::token::{IssuerKey, TokenError};
@@ -45,6 +45,9 @@ pub struct Config {
     pub extra_roots: Option<PathBuf>,
     /// Check bearer tokens with the Kubernetes TokenReview API (audience `istio-ca`).
     pub kube_tokenreview: bool,
+    /// Keep the CA in the Secret `istio-ca-secret` of this namespace (create-or-load) instead
+    /// of `ca-cert.pem`/`ca-key.pem` in the state directory; none: the state directory.
+    pub ca_secret_namespace: Option<String>,
 }
 
 impl Config {
@@ -64,6 +67,7 @@ impl Config {
             tls_addr: None,
             extra_roots: None,
             kube_tokenreview: false,
+            ca_secret_namespace: None,
         }
     }
 }
@@ -82,7 +86,7 @@ pub enum RunError {
     Token(TokenError),
     #[error("cannot set up the TLS listener: {0}")]
     Tls(TlsSetupError),
-    #[error("cannot create the Kubernetes client for TokenReview: {0}")]
+    #[error("cannot create the Kubernetes client (TokenReview, CA Secret): {0}")]
     Kube(kube::Error),
     /// tonic's transport error says little itself; the detail is in its source.
     #[error("grpc server failed")]
@@ -243,8 +247,28 @@ impl Citadel {
         let readiness = Readiness::new(&[READY_CA]);
         let metrics = Metrics::default();
 
-        let mut ca = CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)
-            .map_err(RunError::Ca)?;
+        let kube = if config.kube_tokenreview || config.ca_secret_namespace.is_some() {
+            Some(kube::Client::try_default().await.map_err(RunError::Kube)?)
+        } else {
+            None
+        };
+        let mut ca = match (&config.ca_secret_namespace, &kube) {
+            (Some(namespace), Some(client)) => {
+                let mut ca = CaSecret::new(namespace.clone())
+                    .load_or_create(client.clone(), &config.trust_domain)
+                    .await
+                    .map_err(RunError::Ca)?;
+                let extra = config
+                    .state_dir
+                    .join(crate::ca::authority::EXTRA_ROOTS_FILE);
+                if extra.exists() {
+                    ca.add_extra_roots_file(&extra).map_err(RunError::Ca)?;
+                }
+                ca
+            }
+            _ => CertificateAuthority::load_or_create(&config.state_dir, &config.trust_domain)
+                .map_err(RunError::Ca)?,
+        };
         if let Some(path) = &config.extra_roots {
             ca.add_extra_roots_file(path).map_err(RunError::Ca)?;
         }
@@ -265,8 +289,9 @@ impl Citadel {
             }
             None => None,
         };
-        if config.kube_tokenreview {
-            let client = kube::Client::try_default().await.map_err(RunError::Kube)?;
+        if config.kube_tokenreview
+            && let Some(client) = kube
+        {
             authenticators = authenticators.with(TokenReviewAuthenticator::new(client));
         }
         let authenticators = authenticators.with(LocalTokenAuthenticator::new(key));

@@ -317,3 +317,82 @@ async fn certificates_rotate_and_survive_citadel_outage() {
     .await;
     citadel.stop().await;
 }
+
+#[tokio::test]
+async fn renewal_by_certificate_survives_citadel_outage() {
+    let state = tempfile::tempdir().unwrap();
+    let start = |grpc: SocketAddr, tls: SocketAddr| {
+        let state = state.path().to_path_buf();
+        async move {
+            let mut config = Config::local(
+                grpc,
+                "127.0.0.1:0".parse().unwrap(),
+                state,
+                TtlPolicy {
+                    default: HOUR,
+                    max: 2 * HOUR,
+                },
+            );
+            config.tls_addr = Some(tls);
+            let citadel = Citadel::bind(config).await.unwrap();
+            let addrs = (citadel.grpc_addr().unwrap(), citadel.tls_addr().unwrap());
+            let (tx, rx) = oneshot::channel::<()>();
+            let task = tokio::spawn(citadel.serve(async {
+                let _ = rx.await;
+            }));
+            (addrs, tx, task)
+        }
+    };
+    let ((grpc, tls), stop, task) = start(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    // A token that expires at once after the first certificate: renewals can only be by the
+    // certificate, over the TLS listener.
+    let token =
+        citadel::token::issue(state.path(), "default", "ratings", Duration::from_secs(1)).unwrap();
+    let issued_at = Instant::now();
+    let workload = WorkloadIdentity::start_with(
+        IdentityConfig {
+            citadel_addr: format!("http://{grpc}"),
+            token,
+            ttl: HOUR,
+            trust_domain: "cluster.local".into(),
+        },
+        mesh_identity::RenewalConfig {
+            tls_addr: Some(tls.to_string()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    poll_until("the token to expire", Duration::from_secs(10), || {
+        issued_at.elapsed() > Duration::from_secs(2)
+    })
+    .await;
+    workload.renew_now().await.unwrap();
+    assert_eq!(workload.renewals(), 1);
+
+    // Citadel down: the renewal fails, the certificate is kept, the failure is exposed.
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    let held = workload.cert_chain();
+    assert!(workload.renew_now().await.is_err());
+    assert_eq!(workload.cert_chain(), held);
+    assert_eq!(workload.consecutive_renewal_failures(), 1);
+    assert!(workload.last_renewal_error().unwrap().contains("connect"));
+    assert!(workload.seconds_to_expiry() > 3000.0);
+
+    // Back on the same addresses (same CA, new server certificate): renewal by certificate
+    // resumes and the failure state clears.
+    let (_, stop, task) = start(grpc, tls).await;
+    workload.renew_now().await.unwrap();
+    assert_ne!(workload.cert_chain(), held);
+    assert_eq!(workload.spiffe_id().service_account, "ratings");
+    assert_eq!(workload.consecutive_renewal_failures(), 0);
+    assert_eq!(workload.last_renewal_error(), None);
+    assert_eq!(workload.renewal_failures(), 1);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

@@ -3,7 +3,8 @@
 //! Both sides use the ring provider with TLS 1.3 and 1.2 and rustls's default (modern) suites.
 //! The server requires a client certificate chaining to the mesh root. The client verifies the
 //! server's chain to the root *without* the DNS-name check (SPIFFE certificates carry a URI SAN
-//! and no DNS name) and then checks that the URI SAN is one it expects.
+//! and no DNS name) and then checks that the URI SAN is one it expects. The server offers no
+//! session resumption, so every connection verifies the certificates in force at that moment.
 
 use std::sync::Arc;
 
@@ -73,19 +74,40 @@ fn alpn() -> Vec<Vec<u8>> {
 #[derive(Debug, Clone)]
 pub struct MeshTls {
     material: TlsMaterial,
+    /// Every trusted root: the material's root first, then the others (root rotation).
+    bundle: Vec<CertificateDer<'static>>,
     roots: Arc<RootCertStore>,
     server: Arc<ServerConfig>,
     client_base: Arc<ClientConfig>,
 }
 
 impl MeshTls {
-    /// Checks the material and builds the server configuration and the base client one.
+    /// Checks the material and builds the server configuration and the base client one,
+    /// trusting the material's root only.
     pub fn new(material: TlsMaterial) -> Result<Self, TlsError> {
+        Self::with_trust_bundle(material, Vec::new())
+    }
+
+    /// Like [`MeshTls::new`], trusting `other_roots` beside the material's root: a peer whose
+    /// chain leads to any of them is accepted (during a root rotation, both the old and the new
+    /// root).
+    pub fn with_trust_bundle(
+        material: TlsMaterial,
+        other_roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, TlsError> {
         if material.chain.is_empty() {
             return Err(TlsError::EmptyChain);
         }
+        let mut bundle = vec![material.root.clone()];
+        for r in other_roots {
+            if !bundle.contains(&r) {
+                bundle.push(r);
+            }
+        }
         let mut store = RootCertStore::empty();
-        store.add(material.root.clone()).map_err(TlsError::Root)?;
+        for r in &bundle {
+            store.add(r.clone()).map_err(TlsError::Root)?;
+        }
         let roots = Arc::new(store);
         let provider = provider();
 
@@ -100,6 +122,11 @@ impl MeshTls {
             .with_single_cert(material.chain.clone(), material.key.clone_key())
             .map_err(TlsError::Config)?;
         server.alpn_protocols = alpn();
+        // No session resumption: a resumed session skips certificate verification, so it would
+        // let an expired (or no longer trusted) client certificate back in and show a peer its
+        // old certificate after a rotation. Every connection is a full handshake.
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
 
         let server_verifier = SpiffeServerVerifier {
             roots: roots.clone(),
@@ -118,6 +145,7 @@ impl MeshTls {
 
         Ok(MeshTls {
             material,
+            bundle,
             roots,
             server: Arc::new(server),
             client_base: Arc::new(client),
@@ -129,8 +157,13 @@ impl MeshTls {
         &self.material
     }
 
-    /// Presents the workload certificate and requires a client certificate that chains to the
-    /// root. ALPN `istio`, `http/1.1`.
+    /// Every root peers may chain to, the material's root first.
+    pub fn trust_bundle(&self) -> &[CertificateDer<'static>] {
+        &self.bundle
+    }
+
+    /// Presents the workload certificate and requires a client certificate that chains to a
+    /// trusted root. ALPN `istio`, `http/1.1`.
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.server.clone()
     }
@@ -493,6 +526,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_bundle_of_two_roots_accepts_peers_of_either() {
+        let old = test_ca();
+        let new = test_ca();
+        let third = test_ca();
+        let mut both = material(&new, SERVER);
+        both.root = new.cert.clone();
+        let server = MeshTls::with_trust_bundle(both, vec![old.cert.clone()]).unwrap();
+        assert_eq!(server.trust_bundle().len(), 2);
+        for (ca, ok) in [(&old, true), (&new, true), (&third, false)] {
+            // The client trusts the root of its own issuer and the new root.
+            let client =
+                MeshTls::with_trust_bundle(material(ca, CLIENT), vec![new.cert.clone()]).unwrap();
+            let out = handshake(
+                server.server_config(),
+                client.client_config(&[SERVER.to_string()]),
+            )
+            .await;
+            if ok {
+                assert_eq!(out.server.unwrap().0.unwrap().to_string(), CLIENT);
+                assert_eq!(out.client.unwrap().unwrap().to_string(), SERVER);
+            } else {
+                let err = out.server.unwrap_err();
+                assert!(
+                    err.contains("BadSignature") || err.contains("UnknownIssuer"),
+                    "{err}"
+                );
+            }
+        }
+        // A client trusting only the old root refuses a server from the new one.
+        let old_only = MeshTls::new(material(&old, CLIENT)).unwrap();
+        let out = handshake(
+            server.server_config(),
+            old_only.client_config(&[SERVER.to_string()]),
+        )
+        .await;
+        assert!(out.client.is_err());
+    }
+
+    #[tokio::test]
     async fn expired_certificates_are_refused() {
         let ca = test_ca();
         let now = time::OffsetDateTime::now_utc();
@@ -524,6 +596,42 @@ mod tests {
         .await;
         let err = out.server.unwrap_err();
         assert!(err.to_lowercase().contains("expired"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn every_connection_is_a_full_handshake() {
+        let ca = test_ca();
+        let server = MeshTls::new(material(&ca, SERVER)).unwrap();
+        let client = MeshTls::new(material(&ca, CLIENT)).unwrap();
+        let client_config = client.client_config(&[SERVER.to_string()]);
+        for _ in 0..2 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server_config = server.server_config();
+            let accept = tokio::spawn(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut tls = tokio_rustls::TlsAcceptor::from(server_config)
+                    .accept(tcp)
+                    .await
+                    .unwrap();
+                let mut b = [0u8; 1];
+                tls.read_exact(&mut b).await.unwrap();
+                tls.write_all(b"y").await.unwrap();
+                tls.flush().await.unwrap();
+                tls.get_ref().1.handshake_kind()
+            });
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("reviews").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(client_config.clone())
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            tls.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            tls.read_exact(&mut b).await.unwrap();
+            // Resumption would skip verifying the certificates (expired, rotated, untrusted).
+            assert_eq!(accept.await.unwrap(), Some(rustls::HandshakeKind::Full));
+        }
     }
 
     #[test]
