@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/istio/mixer/v1/check.proto",
         "proto/istio/mixer/v1/report.proto",
         "proto/istio/mixer/v1/service.proto",
+        "proto/istio/mixer/v1/config/client/client_config.proto",
         "proto/istio/v1/auth/ca.proto",
         "proto/istio/mcp/v1alpha1/mcp.proto",
     ];
@@ -15,6 +16,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Maps in the mixer filter config are encoded in key order, so a config Pilot sends has one
+    // encoding (its xDS version is a hash of it).
+    config.btree_map([
+        ".istio.mixer.v1.Attributes",
+        ".istio.mixer.v1.config.client",
+    ]);
     let include = protoc_bin_vendored::include_path()?;
     tonic_prost_build::configure()
         .build_server(true)

@@ -35,6 +35,13 @@ pub mod istio {
     pub mod mixer {
         pub mod v1 {
             tonic::include_proto!("istio.mixer.v1");
+            /// The mixer filter's configuration (`istio.mixer.v1.config.client`): what Pilot
+            /// sends the proxy for Check, Report and quota.
+            pub mod config {
+                pub mod client {
+                    tonic::include_proto!("istio.mixer.v1.config.client");
+                }
+            }
         }
     }
     pub mod v1 {
@@ -62,4 +69,10 @@ pub mod type_url {
     pub const DOWNSTREAM_TLS_CONTEXT: &str =
         "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
     pub const STRUCT: &str = "type.googleapis.com/google.protobuf.Struct";
+    /// The `mixer` HTTP filter's config (on the HCM).
+    pub const MIXER_HTTP_CLIENT_CONFIG: &str =
+        "type.googleapis.com/istio.mixer.v1.config.client.HttpClientConfig";
+    /// The `mixer` filter's per-route config (`typed_per_filter_config["mixer"]`).
+    pub const MIXER_SERVICE_CONFIG: &str =
+        "type.googleapis.com/istio.mixer.v1.config.client.ServiceConfig";
 }

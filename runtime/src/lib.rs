@@ -2,6 +2,8 @@
 //!
 //! - [`args`]: logging flags common to every service, parsed with clap; [`args_error`]: bad
 //!   flags reported in one line.
+//! - [`https`]: a rustls server config and an accept loop serving a router over HTTPS (the
+//!   services' admission webhooks).
 //! - [`monitoring`]: the monitoring HTTP server: `/healthz`, `/readyz`, Prometheus `/metrics`.
 //! - [`readiness`]: a set of named conditions; the service is ready when all hold.
 //! - [`shutdown`]: a future that resolves on SIGTERM or Ctrl-C.
@@ -10,6 +12,7 @@
 
 pub mod args;
 pub mod args_error;
+pub mod https;
 pub mod monitoring;
 pub mod readiness;
 pub mod shutdown;

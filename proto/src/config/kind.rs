@@ -1,5 +1,7 @@
 //! The kinds the mesh knows: API group, accepted versions, MCP collection, scope.
 
+use super::legacy::LegacyKind;
+
 /// Every kind Galley accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -25,6 +27,12 @@ pub enum Kind {
     EndpointSlice,
     Pod,
     ServiceAccount,
+    /// Istio's mesh config: one resource, read by Galley from `--mesh-config` or the `istio`
+    /// ConfigMap, never applied as a document (see [`Kind::from_type`]).
+    MeshConfig,
+    /// Istio 1.4's legacy Mixer kinds (`kind: denier`, `kind: checknothing`, ...), see
+    /// [`super::legacy`].
+    Legacy(LegacyKind),
 }
 
 /// Static facts about a kind.
@@ -43,9 +51,10 @@ const SEC: &[&str] = &["v1beta1", "v1"];
 const MIXER: &[&str] = &["v1alpha2"];
 const CORE: &[&str] = &["v1"];
 const V1ALPHA3: &[&str] = &["v1alpha3"];
+const V1ALPHA1: &[&str] = &["v1alpha1"];
 
 impl Kind {
-    pub const ALL: [Kind; 22] = [
+    pub const ALL: [Kind; 38] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -68,7 +77,28 @@ impl Kind {
         Kind::EndpointSlice,
         Kind::Pod,
         Kind::ServiceAccount,
+        Kind::MeshConfig,
+        Kind::Legacy(LegacyKind::Denier),
+        Kind::Legacy(LegacyKind::ListChecker),
+        Kind::Legacy(LegacyKind::MemQuota),
+        Kind::Legacy(LegacyKind::RedisQuota),
+        Kind::Legacy(LegacyKind::Prometheus),
+        Kind::Legacy(LegacyKind::Stdio),
+        Kind::Legacy(LegacyKind::OpenTelemetry),
+        Kind::Legacy(LegacyKind::Noop),
+        Kind::Legacy(LegacyKind::Quota),
+        Kind::Legacy(LegacyKind::Metric),
+        Kind::Legacy(LegacyKind::LogEntry),
+        Kind::Legacy(LegacyKind::CheckNothing),
+        Kind::Legacy(LegacyKind::ListEntry),
+        Kind::Legacy(LegacyKind::TraceSpan),
+        Kind::Legacy(LegacyKind::ReportNothing),
     ];
+
+    /// The legacy Mixer kinds ([`Kind::Legacy`]), in [`Kind::ALL`]'s order.
+    pub fn legacy() -> impl Iterator<Item = Kind> {
+        LegacyKind::ALL.into_iter().map(Kind::Legacy)
+    }
 
     pub fn info(self) -> KindInfo {
         let (kind, group, versions, collection, namespaced) = match self {
@@ -202,6 +232,14 @@ impl Kind {
                 "k8s/core/v1/serviceaccounts",
                 true,
             ),
+            Kind::MeshConfig => (
+                "MeshConfig",
+                "mesh.istio.io",
+                V1ALPHA1,
+                super::mesh_config::MESH_CONFIG_COLLECTION,
+                true,
+            ),
+            Kind::Legacy(l) => (l.name(), "config.istio.io", MIXER, l.collection(), true),
         };
         KindInfo {
             kind,
@@ -212,16 +250,21 @@ impl Kind {
         }
     }
 
-    /// The kind named by `apiVersion` + `kind`, when the mesh accepts that version.
+    /// The kind named by `apiVersion` + `kind`, when the mesh accepts that version. Never
+    /// [`Kind::MeshConfig`]: the mesh config is not a document (Galley reads it from its own file
+    /// or the `istio` ConfigMap and validates it there).
     pub fn from_type(api_version: &str, kind: &str) -> Option<Kind> {
         let (group, version) = match api_version.rsplit_once('/') {
             Some((g, v)) => (g, v),
             None => ("", api_version),
         };
-        Kind::ALL.into_iter().find(|k| {
-            let i = k.info();
-            i.kind == kind && i.group == group && i.versions.contains(&version)
-        })
+        Kind::ALL
+            .into_iter()
+            .filter(|k| *k != Kind::MeshConfig)
+            .find(|k| {
+                let i = k.info();
+                i.kind == kind && i.group == group && i.versions.contains(&version)
+            })
     }
 
     /// The kind whose MCP collection is `collection`.
@@ -276,5 +319,44 @@ mod tests {
         );
         assert_eq!(Kind::from_name("vs"), None);
         assert_eq!(Kind::Rule.api_version(), "config.istio.io/v1alpha2");
+        assert_eq!(
+            Kind::from_collection("istio/mesh/v1alpha1/MeshConfig"),
+            Some(Kind::MeshConfig)
+        );
+        assert_eq!(
+            Kind::from_type("mesh.istio.io/v1alpha1", "MeshConfig"),
+            None
+        );
+    }
+
+    #[test]
+    fn legacy_kinds() {
+        let denier = Kind::Legacy(LegacyKind::Denier);
+        assert_eq!(
+            Kind::from_type("config.istio.io/v1alpha2", "denier"),
+            Some(denier)
+        );
+        assert_eq!(Kind::from_type("config.istio.io/v1beta1", "denier"), None);
+        assert_eq!(
+            Kind::from_collection("istio/config/v1alpha2/legacy/logentries"),
+            Some(Kind::Legacy(LegacyKind::LogEntry))
+        );
+        assert_eq!(
+            Kind::from_name("memquotas"),
+            Some(Kind::Legacy(LegacyKind::MemQuota))
+        );
+        assert_eq!(denier.api_version(), "config.istio.io/v1alpha2");
+        assert_eq!(Kind::legacy().count(), 15);
+        assert!(Kind::legacy().all(|k| Kind::ALL.contains(&k)));
+        // Every kind's collection and (group, kind) are distinct.
+        for (i, a) in Kind::ALL.iter().enumerate() {
+            for b in &Kind::ALL[i + 1..] {
+                assert_ne!(a.info().collection, b.info().collection);
+                assert_ne!(
+                    (a.info().group, a.info().kind),
+                    (b.info().group, b.info().kind)
+                );
+            }
+        }
     }
 }

@@ -8,6 +8,8 @@
 
 mod core;
 mod kind;
+mod legacy;
+mod mesh_config;
 mod networking;
 mod policy;
 mod security;
@@ -19,6 +21,8 @@ use serde_json::{Map, Value};
 
 pub use self::core::*;
 pub use self::kind::{Kind, KindInfo};
+pub use self::legacy::LegacyKind;
+pub use self::mesh_config::*;
 pub use self::networking::*;
 pub use self::policy::*;
 pub use self::security::*;

@@ -283,6 +283,9 @@ pub struct ClientTls {
     pub subject_alt_names: Vec<String>,
     #[serde(default)]
     pub sni: Option<String>,
+    /// Skip verifying the server certificate's chain and SANs (SIMPLE/MUTUAL).
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// Gateway spec.
