@@ -2,11 +2,13 @@
 //!
 //! ```text
 //!  --config-dir (polled) ─┐
+//!  --kube (watched) ──────┤
 //!                         ├─► source (parse) ─► validate ─► store (sled, revisions) ─► mcp (ResourceSource)
 //!  POST /apis/v1/apply ───┘        file:line      field paths     all-or-nothing          full state per collection
 //! ```
 //!
-//! - [`source`]: YAML/JSON text into documents (with lines); the watched config directory.
+//! - [`source`]: YAML/JSON text into documents (with lines); the watched config directory; the
+//!   Kubernetes source (`source::kube`).
 //! - [`validate`]: per-document checks producing [`validate::ValidationError`]s.
 //! - [`store`]: the sled store with a global revision and change notification.
 //! - [`mcp`]: the MCP `ResourceSource` server.
@@ -24,7 +26,10 @@ pub mod store;
 pub mod validate;
 pub mod webhook;
 
-pub use service::{Config, GalleyError, READY_SERVING, READY_STORE, WebhookConfig, run};
+pub use service::{
+    Config, GalleyError, READY_KUBE, READY_SERVING, READY_STORE, WebhookConfig, run,
+};
+pub use source::kube::KubeOptions;
 
 /// Resolves once `stop` holds `true` (or its sender is gone).
 pub(crate) async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {

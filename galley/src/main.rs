@@ -51,6 +51,37 @@ struct Args {
     #[arg(long, env = "GALLEY_WEBHOOK_KEY")]
     webhook_key: Option<PathBuf>,
 
+    /// Watch the Kubernetes API server for the Istio config kinds (the CRDs) and Namespace,
+    /// Service, Endpoints, EndpointSlice, Pod, ServiceAccount (in-cluster config, else
+    /// KUBECONFIG / ~/.kube/config, or --kubeconfig). Ready once every kind is listed.
+    #[arg(long, env = "GALLEY_KUBE")]
+    kube: bool,
+
+    /// With --kube: watch only this namespace (and only the Namespace of that name).
+    #[arg(long, env = "GALLEY_KUBE_NAMESPACE", requires = "kube")]
+    kube_namespace: Option<String>,
+
+    /// With --kube: the kubeconfig file to use instead of in-cluster config / KUBECONFIG.
+    #[arg(long, env = "GALLEY_KUBECONFIG", requires = "kube")]
+    kubeconfig: Option<PathBuf>,
+
+    /// With --kube: write why an object was rejected, as status.validationMessages (Istio
+    /// kinds) and a Warning Event "Rejected" on the object. On by default; `--kube-write-status
+    /// false` only logs and counts (galley_kube_rejected_total).
+    #[arg(long, env = "GALLEY_KUBE_WRITE_STATUS", default_value_t = true, action = clap::ArgAction::Set)]
+    kube_write_status: bool,
+
+    /// With --kube: the reportingInstance of the Events galley creates (e.g. the pod name).
+    #[arg(long, env = "GALLEY_KUBE_INSTANCE", default_value = "galley")]
+    kube_instance: String,
+
+    /// Istio's mesh config YAML (what the `mesh` key of Istio's `istio` ConfigMap holds:
+    /// accessLogFile, accessLogEncoding, ...), watched and served over MCP as
+    /// istio/mesh/v1alpha1/MeshConfig. Without it, a ConfigMap named `istio` with a `mesh` key
+    /// in --config-dir is read. An invalid one fails the start; on reload it is ignored.
+    #[arg(long, env = "GALLEY_MESH_CONFIG")]
+    mesh_config: Option<PathBuf>,
+
     #[command(flatten)]
     log: mesh_runtime::LogArgs,
 }
@@ -70,6 +101,13 @@ async fn main() {
             (Some(addr), Some(cert), Some(key)) => Some(galley::WebhookConfig { addr, cert, key }),
             _ => None,
         },
+        mesh_config: args.mesh_config,
+        kube: args.kube.then_some(galley::KubeOptions {
+            namespace: args.kube_namespace,
+            write_status: args.kube_write_status,
+            kubeconfig: args.kubeconfig,
+            instance: args.kube_instance,
+        }),
     };
     let result =
         mesh_runtime::run_until_signal(mesh_runtime::DEFAULT_GRACE, |stop| galley::run(cfg, stop))

@@ -9,9 +9,10 @@ use mesh_runtime::{Metrics, Readiness, StartError, bind_tcp, serve_monitoring};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
-use crate::api::{ApiMetrics, api_router};
+use crate::api::{ApiMetrics, KubeWriter, api_router, kube_api_router};
 use crate::mcp::{McpMetrics, McpServer};
-use crate::source::{DirSource, SyncError};
+use crate::source::kube::{KubeError, KubeMetrics, KubeOptions, KubeSource};
+use crate::source::{DirSource, MeshSource, SyncError};
 use crate::stopped;
 use crate::store::{Store, StoreError};
 use crate::webhook::{WebhookMetrics, serve_tls, server_config, webhook_router};
@@ -20,6 +21,8 @@ use futures::FutureExt;
 /// Readiness conditions: the config dir is loaded, and the servers are running.
 pub const READY_STORE: &str = "store";
 pub const READY_SERVING: &str = "serving";
+/// With the Kubernetes source: the first list of every watched kind is in the store.
+pub const READY_KUBE: &str = "kube-synced";
 
 /// What galley needs to run.
 #[derive(Debug, Clone)]
@@ -35,6 +38,11 @@ pub struct Config {
     pub poll_interval: Duration,
     /// The validating admission webhook (HTTPS); off when `None`.
     pub webhook: Option<WebhookConfig>,
+    /// The Kubernetes source (watch the API server); off when `None`.
+    pub kube: Option<KubeOptions>,
+    /// Istio's mesh config YAML (the `mesh` key of the `istio` ConfigMap); when `None`, an
+    /// `istio` ConfigMap in the config dir is read instead, if any.
+    pub mesh_config: Option<PathBuf>,
 }
 
 /// Where the admission webhook listens and its TLS certificate and key (PEM files).
@@ -56,6 +64,10 @@ pub enum GalleyError {
     Config(#[from] SyncError),
     #[error(transparent)]
     Tls(#[from] crate::webhook::TlsError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error(transparent)]
+    MeshConfig(#[from] crate::source::MeshSyncError),
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
 }
@@ -84,7 +96,15 @@ pub async fn run(
         None => None,
     };
 
-    let readiness = Readiness::new(&[READY_STORE, READY_SERVING]);
+    let kube_client = match &cfg.kube {
+        Some(k) => Some(crate::source::kube::client(k.kubeconfig.as_deref()).await?),
+        None => None,
+    };
+    let readiness = if cfg.kube.is_some() {
+        Readiness::new(&[READY_STORE, READY_SERVING, READY_KUBE])
+    } else {
+        Readiness::new(&[READY_STORE, READY_SERVING])
+    };
     let metrics = Metrics::default();
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -116,6 +136,37 @@ pub async fn run(
         tracing::info!(dir = %dir.display(), changes = outcome.changes, invalid = outcome.errors, revision = store.revision(), "config dir loaded");
         tokio::spawn(source.watch(store.clone(), cfg.poll_interval, stopped(stop_rx.clone())));
     }
+    {
+        // Always synced once (removes a stale stored mesh config); a bad one fails the start.
+        let mut mesh = MeshSource::new(cfg.mesh_config.clone(), cfg.config_dir.clone());
+        mesh.sync_into(&store).await?;
+        if mesh.is_configured() {
+            tokio::spawn(mesh.watch(store.clone(), cfg.poll_interval, stopped(stop_rx.clone())));
+        }
+    }
+    let mut kube_writer = None;
+    if let (Some(client), Some(options)) = (kube_client, &cfg.kube) {
+        let source = KubeSource::new(
+            client.clone(),
+            store.clone(),
+            options.clone(),
+            KubeMetrics::register(&metrics),
+        );
+        // With --kube the API server is the store: the apply API writes there.
+        kube_writer = Some(KubeWriter::new(
+            client,
+            source.observed(),
+            options.namespace.clone(),
+        ));
+        let mut synced = source.synced();
+        let r = readiness.clone();
+        tokio::spawn(async move {
+            if synced.wait_for(|s| *s).await.is_ok() {
+                r.set(READY_KUBE, true);
+            }
+        });
+        tokio::spawn(source.run(stopped(stop_rx.clone())));
+    }
     readiness.set(READY_STORE, true);
 
     let mcp: ServerTask = tokio::spawn({
@@ -127,7 +178,11 @@ pub async fn run(
         async move { server.serve(mcp_listener).await.map_err(|e| e.to_string()) }
     });
     let api: ServerTask = tokio::spawn({
-        let router = api_router(store.clone(), ApiMetrics::register(&metrics));
+        let api_metrics = ApiMetrics::register(&metrics);
+        let router = match kube_writer {
+            Some(writer) => kube_api_router(store.clone(), api_metrics, writer),
+            None => api_router(store.clone(), api_metrics),
+        };
         let s = stopped(stop_rx.clone());
         async move {
             axum::serve(api_listener, router)
@@ -238,7 +293,27 @@ mod tests {
             monitoring_addr: free_addr(),
             poll_interval: Duration::from_millis(50),
             webhook: None,
+            kube: None,
+            mesh_config: None,
         }
+    }
+
+    #[tokio::test]
+    async fn invalid_mesh_config_fails_start_naming_file_and_field() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mesh = tmp.path().join("mesh.yaml");
+        std::fs::write(
+            &mesh,
+            "accessLogFile: /dev/stdout\naccessLogEncoding: XML\n",
+        )
+        .unwrap();
+        let mut cfg = config(None, tmp.path().join("store"));
+        cfg.mesh_config = Some(mesh);
+        let err = run(cfg, std::future::pending()).await.unwrap_err();
+        assert!(
+            err.to_string().contains("mesh.yaml:1: accessLogEncoding: "),
+            "{err}"
+        );
     }
 
     #[tokio::test]

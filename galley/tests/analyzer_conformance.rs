@@ -13,7 +13,7 @@ use galley::source::parse_text;
 use serde_json::Value;
 
 /// Expected (code, object) pairs found; raise it when the analyzers improve, never lower it.
-const MATCHED_FLOOR: usize = 38;
+const MATCHED_FLOOR: usize = 72;
 
 fn root() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/istio");

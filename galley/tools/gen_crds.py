@@ -8,7 +8,10 @@ galley/src/validate/schema.rs); Helm installs them as they are.
   v1alpha3 fields (workloadLabels, filters) added so 1.4-era YAML still validates.
 - config.istio.io v1alpha2 (classic Mixer config: rule, handler, instance, attributemanifest,
   QuotaSpec, QuotaSpecBinding): written here from istio/api's policy/v1beta1 and
-  mixer/v1/config/client protos (Istio 1.4 shipped these CRDs without a schema).
+  mixer/v1/config/client protos (Istio 1.4 shipped these CRDs without a schema); and Istio 1.4's
+  legacy Mixer kinds, one CRD per adapter (`kind: denier`, ...) and template (`kind: metric`,
+  ...) Mixer implements (mesh_proto::config::LegacyKind), their spec being the adapter's or
+  template's params: open (`x-kubernetes-preserve-unknown-fields`), as Istio's own CRDs were.
 
 Usage: python3 galley/tools/gen_crds.py /work/shared/conformance/istio/crds/manifests/charts/base/files/crd-all.gen.yaml charts/mesh/crds
 """
@@ -172,6 +175,33 @@ def istio(path):
     return out
 
 
+# (kind, plural) of the legacy kinds: mesh_proto::config::LegacyKind, in its order.
+LEGACY_ADAPTERS = [("denier", "deniers"), ("listchecker", "listcheckers"),
+                   ("memquota", "memquotas"), ("redisquota", "redisquotas"),
+                   ("prometheus", "prometheuses"), ("stdio", "stdios"),
+                   ("opentelemetry", "opentelemetries"), ("noop", "noops")]
+LEGACY_TEMPLATES = [("quota", "quotas"), ("metric", "metrics"), ("logentry", "logentries"),
+                    ("checknothing", "checknothings"), ("listentry", "listentries"),
+                    ("tracespan", "tracespans"), ("reportnothing", "reportnothings")]
+
+
+def legacy():
+    docs = []
+    for role, kinds in (("mixer-adapter", LEGACY_ADAPTERS), ("mixer-instance", LEGACY_TEMPLATES)):
+        what = "adapter" if role == "mixer-adapter" else "template"
+        for kind, plural in kinds:
+            spec = dict(PRESERVE, description=f"The {kind} {what}'s params (legacy Istio 1.4 form).")
+            schema = {"type": "object", "properties": {"spec": spec, "status": PRESERVE}}
+            versions = [{"name": "v1alpha2", "served": True, "storage": True,
+                         "schema": {"openAPIV3Schema": schema},
+                         "subresources": {"status": {}}}]
+            cats = ["istio-io", "policy-istio-io"]
+            doc = crd("config.istio.io", kind, plural, versions, cats)
+            doc["metadata"]["labels"].update({"istio": role, "package": kind})
+            docs.append(doc)
+    return docs
+
+
 def mixer():
     docs = []
     for (kind, plural), spec in MIXER.items():
@@ -181,7 +211,7 @@ def mixer():
                      "subresources": {"status": {}}}]
         cats = ["istio-io", "policy-istio-io"]
         docs.append(crd("config.istio.io", kind, plural, versions, cats))
-    return docs
+    return docs + legacy()
 
 
 class NoAliases(yaml.SafeDumper):

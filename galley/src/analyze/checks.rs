@@ -84,7 +84,11 @@ impl<'a> Index<'a> {
     }
 }
 
-fn finding(o: &Object, field: String, (code, level, message): (&str, Level, String)) -> Finding {
+pub(crate) fn finding(
+    o: &Object,
+    field: String,
+    (code, level, message): (&str, Level, String),
+) -> Finding {
     Finding {
         code: code.to_string(),
         level,
@@ -112,6 +116,10 @@ pub fn analyze(objects: &[Object]) -> Vec<Finding> {
     }
     for sc in index.of(Kind::Sidecar) {
         sidecar_egress(&index, sc, &mut out);
+    }
+    super::conflicting_gateways::conflicting_gateways(objects, &mut out);
+    for o in objects {
+        super::object_checks::check_object(o, &mut out);
     }
     out.sort_by(|a, b| {
         (&a.file, a.line, &a.kind, &a.namespace, &a.name, &a.code).cmp(&(

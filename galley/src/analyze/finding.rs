@@ -111,4 +111,66 @@ pub(crate) mod msg {
             ),
         )
     }
+
+    pub fn no_server_cert_verification(
+        dr: &str,
+        ns: &str,
+        mode: &str,
+        host: &str,
+        port: Option<i64>,
+    ) -> (&'static str, Level, String) {
+        let text = format!(
+            "DestinationRule {dr} in namespace {ns} has TLS mode set to {mode} but no caCertificates are set to validate server identity for host: {host}"
+        );
+        match port {
+            None => ("IST0128", Level::Warning, text),
+            Some(p) => ("IST0129", Level::Warning, format!("{text} at port {p}")),
+        }
+    }
+
+    pub fn service_entry_addresses_required() -> (&'static str, Level, String) {
+        (
+            "IST0134",
+            Level::Warning,
+            "ServiceEntry addresses are required for this protocol.".to_string(),
+        )
+    }
+
+    pub fn envoy_filter_relative_operation() -> (&'static str, Level, String) {
+        (
+            "IST0151",
+            Level::Warning,
+            "This EnvoyFilter does not have a priority and has a relative patch operation set which can cause the EnvoyFilter not to be applied. Using the INSERT_FIRST of ADD option or setting the priority may help in ensuring the EnvoyFilter is applied correctly.".to_string(),
+        )
+    }
+
+    pub fn negative_condition(
+        kind: &str,
+        reason: &str,
+        message: &str,
+    ) -> (&'static str, Level, String) {
+        (
+            "IST0171",
+            Level::Warning,
+            format!(
+                "A condition with a negative status is present: type={kind}, reason={reason}, message={message}."
+            ),
+        )
+    }
+
+    pub fn conflicting_gateways(
+        gateways: &str,
+        selector: &str,
+        port: i64,
+        hosts: &[&str],
+    ) -> (&'static str, Level, String) {
+        (
+            "IST0145",
+            Level::Error,
+            format!(
+                "Conflict with gateways {gateways} (workload selector {selector}, port {port}, hosts [{}]).",
+                hosts.join(" ")
+            ),
+        )
+    }
 }

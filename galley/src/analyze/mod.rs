@@ -4,11 +4,15 @@
 //! - [`finding`]: a finding, its level and Istio's message templates.
 //! - [`model`]: the objects analyzed and the service registry they make.
 //! - [`checks`]: the analyzers.
+//! - [`conflicting_gateways`]: Gateways that serve one host and port to the same pods.
+//! - [`object_checks`]: the analyzers that look at one object at a time.
 
 mod checks;
+mod conflicting_gateways;
 mod finding;
 mod hosts;
 mod model;
+mod object_checks;
 
 pub use checks::analyze;
 pub use finding::{Finding, Level};

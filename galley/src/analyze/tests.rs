@@ -153,3 +153,133 @@ fn findings_from_galley_have_no_position() {
         "Warning [IST0174] (DestinationRule prod/x) The host x defined in the DestinationRule does not match any services in the mesh."
     );
 }
+
+#[test]
+fn single_object_analyzers() {
+    let text = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: prod}
+spec:
+  host: db.prod.svc.cluster.local
+  trafficPolicy:
+    tls: {mode: SIMPLE}
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem}
+    - port: {number: 444}
+      tls: {mode: SIMPLE, caCertificates: /ca.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ok, namespace: prod}
+spec: {host: db.prod.svc.cluster.local, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp}
+spec: {hosts: [a.com], ports: [{number: 5432, name: db, protocol: tcp}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: https}
+spec: {hosts: [b.com], ports: [{number: 443, name: https, protocol: HTTPS}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: rel}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    patch: {operation: INSERT_BEFORE, value: {name: x}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: prio}
+spec:
+  priority: 10
+  configPatches:
+  - applyTo: HTTP_FILTER
+    patch: {operation: INSERT_BEFORE, value: {name: x}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: route-remove}
+spec:
+  configPatches:
+  - applyTo: ROUTE_CONFIGURATION
+    patch: {operation: REMOVE}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: authz}
+spec: {}
+status:
+  conditions:
+  - {type: Ready, status: "True", reason: Fine}
+  - {type: ZtunnelAccepted, status: "False", reason: UnsupportedValue, message: nope}
+"#;
+    let f: Vec<(String, String)> = run(text)
+        .iter()
+        .map(|l| {
+            let code = l.split_whitespace().nth(1).unwrap().to_string();
+            let obj = l.split_whitespace().nth(3).unwrap().to_string();
+            (code, obj)
+        })
+        .collect();
+    let want: Vec<(&str, &str)> = vec![
+        ("[IST0128]", "prod/db"),
+        ("[IST0129]", "prod/db"),
+        ("[IST0134]", "default/tcp"),
+        ("[IST0151]", "default/rel"),
+        ("[IST0171]", "default/authz"),
+    ];
+    let mut got: Vec<(&str, &str)> = f
+        .iter()
+        .filter(|(c, _)| c != "[IST0174]" && c != "[IST0101]")
+        .map(|(c, o)| (c.as_str(), o.as_str()))
+        .collect();
+    got.sort();
+    assert_eq!(got, want, "{f:?}");
+    let all = run(text).join("\n");
+    assert!(all.contains("DestinationRule db in namespace prod has TLS mode set to MUTUAL but no caCertificates are set to validate server identity for host: db.prod.svc.cluster.local at port 443"), "{all}");
+    assert!(
+        all.contains("type=ZtunnelAccepted, reason=UnsupportedValue, message=nope."),
+        "{all}"
+    );
+}
+
+#[test]
+fn gateways_serving_one_host_and_port_to_the_same_pods_conflict() {
+    let text = r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: alpha}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [foo.bar]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: beta}
+spec:
+  selector: {istio: ingressgateway, app: gw}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*/*.bar"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: other-port}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: [foo.bar]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: other-pods}
+spec:
+  selector: {istio: egressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [foo.bar]}]
+"#;
+    let f = run(text);
+    assert_eq!(f.len(), 2, "{f:#?}");
+    assert!(f[0].starts_with("Error [IST0145] (Gateway default/alpha mesh.yaml:1) Conflict with gateways default/beta (workload selector istio=ingressgateway, port 80, hosts [foo.bar])."), "{}", f[0]);
+    assert!(f[1].contains("[IST0145] (Gateway default/beta"), "{}", f[1]);
+}

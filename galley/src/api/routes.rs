@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::kube::KubeWriter;
 use crate::source::Document;
 use crate::store::{Change, HistoryFilter, Store, StoreError};
 use crate::validate::{Checked, ValidationError, check_document, check_text};
@@ -28,6 +29,12 @@ pub struct ApiMetrics {
     pub applies: Counter,
     /// `galley_api_rejected_applies_total`: apply requests refused as invalid.
     pub rejected: Counter,
+    /// `galley_api_kube_write_errors_total`: with `--kube`, writes the API server refused or
+    /// that could not reach it.
+    pub kube_write_errors: Counter,
+    /// `galley_api_kube_read_your_write_timeouts_total`: with `--kube`, writes the API server
+    /// took that this replica's watch did not deliver within the wait.
+    pub kube_wait_timeouts: Counter,
 }
 
 impl ApiMetrics {
@@ -44,29 +51,59 @@ impl ApiMetrics {
                 "Apply requests rejected as invalid",
                 m.rejected.clone(),
             );
+            r.register(
+                "galley_api_kube_write_errors",
+                "Writes to the Kubernetes API server refused or failed (--kube)",
+                m.kube_write_errors.clone(),
+            );
+            r.register(
+                "galley_api_kube_read_your_write_timeouts",
+                "Writes accepted by the API server but not delivered by this replica's watch in time (--kube)",
+                m.kube_wait_timeouts.clone(),
+            );
         });
         m
     }
 }
 
 #[derive(Clone)]
-struct ApiState {
-    store: Store,
-    metrics: ApiMetrics,
+pub(super) struct ApiState {
+    pub(super) store: Store,
+    pub(super) metrics: ApiMetrics,
+    /// `--kube`: the API server is the store; writes go there (`super::kube_routes`).
+    pub(super) kube: Option<KubeWriter>,
 }
 
 /// The API routes over `store`.
 pub fn api_router(store: Store, metrics: ApiMetrics) -> Router {
+    router(ApiState {
+        store,
+        metrics,
+        kube: None,
+    })
+}
+
+/// The API routes with `--kube`: reads from `store` (fed by the watches), writes through
+/// `writer` to the API server; history and rollback answer 501.
+pub fn kube_api_router(store: Store, metrics: ApiMetrics, writer: KubeWriter) -> Router {
+    router(ApiState {
+        store,
+        metrics,
+        kube: Some(writer),
+    })
+}
+
+fn router(state: ApiState) -> Router {
     Router::new()
         .route("/apis/v1/apply", post(apply))
         .route("/apis/v1/history", get(history))
         .route("/apis/v1/rollback/{rev}", post(rollback))
         .route("/apis/v1/{kind}", get(list))
         .route("/apis/v1/{kind}/{namespace}/{name}", delete(remove))
-        .with_state(ApiState { store, metrics })
+        .with_state(state)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
@@ -96,6 +133,9 @@ async fn apply(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> Re
             Json(json!({"errors": report.errors})),
         )
             .into_response();
+    }
+    if let Some(writer) = &s.kube {
+        return super::kube_routes::apply(&s, writer, &source, report).await;
     }
     let changes = report
         .objects
@@ -148,6 +188,9 @@ async fn remove(
     let Some(kind) = Kind::from_name(&kind) else {
         return unknown_kind(&kind);
     };
+    if let Some(writer) = &s.kube {
+        return super::kube_routes::remove(&s, writer, kind, &namespace, &name).await;
+    }
     match s.store.delete(kind, &namespace, &name).await {
         Ok(Some(revision)) => Json(json!({"deleted": {
             "kind": kind.info().kind, "namespace": namespace, "name": name, "revision": revision
@@ -171,6 +214,9 @@ struct HistoryQuery {
 /// `GET /apis/v1/history[?kind=K&namespace=NS&name=N]` → `{"revision", "floor", "items":
 /// [{"rev","time","op","kind","namespace","name"}]}`, oldest first.
 async fn history(State(s): State<ApiState>, Query(q): Query<HistoryQuery>) -> Response {
+    if s.kube.is_some() {
+        return super::kube_routes::no_history();
+    }
     let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
     let kind = match nonempty(q.kind) {
         Some(k) => match Kind::from_name(&k) {
@@ -236,6 +282,9 @@ fn check_restored(target: u64, changes: &[Change]) -> Result<(), Vec<ValidationE
 /// revision → 200 `{"revision", "applied"}`; objects that no longer validate → 400 `{"errors"}`
 /// and nothing changes; a revision after the current one → 404; before the history → 410.
 async fn rollback(State(s): State<ApiState>, Path(rev): Path<String>) -> Response {
+    if s.kube.is_some() {
+        return super::kube_routes::no_history();
+    }
     let Ok(target) = rev.parse::<u64>() else {
         return error(
             StatusCode::BAD_REQUEST,

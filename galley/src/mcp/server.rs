@@ -194,27 +194,34 @@ impl SinkStream {
     async fn push(&mut self, kind: Kind) -> Flow {
         let collection = kind.info().collection;
         // Version first, then content: content is never older than the version it carries.
-        let snapshot = self
-            .store
-            .collection_revision(kind)
-            .and_then(|v| Ok((v.to_string(), self.store.list(kind, None)?)));
-        let (version, objects) = match snapshot {
-            Ok(s) => s,
+        // Content is read (and encoded, one object at a time) only when it is to be sent.
+        let read_error = |e: crate::store::StoreError| {
+            tracing::error!(collection, error = %e, "cannot read the store for mcp");
+            Status::internal(e.to_string())
+        };
+        let version = match self.store.collection_revision(kind) {
+            Ok(v) => v.to_string(),
             Err(e) => {
-                tracing::error!(collection, error = %e, "cannot read the store for mcp");
-                let _ = self.tx.send(Err(Status::internal(e.to_string()))).await;
+                let _ = self.tx.send(Err(read_error(e))).await;
+                return Flow::End;
+            }
+        };
+        if !self.states.entry(kind).or_default().should_send(&version) {
+            return Flow::Continue;
+        }
+        let resources = match self.store.list_map(kind, |o| to_resource(&o)) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.tx.send(Err(read_error(e))).await;
                 return Flow::End;
             }
         };
         let state = self.states.entry(kind).or_default();
-        if !state.should_send(&version) {
-            return Flow::Continue;
-        }
         let nonce = state.on_send(&version);
         let msg = Resources {
             system_version_info: version.clone(),
             collection: collection.to_string(),
-            resources: objects.iter().map(to_resource).collect(),
+            resources,
             removed_resources: Vec::new(),
             nonce,
             incremental: false,

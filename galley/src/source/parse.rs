@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use super::split::split_documents;
+use super::yaml_fast::read_document;
 
 /// One parsed document, with where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +45,7 @@ fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! {
         strict_booleans: true,
         legacy_octal_numbers: false,
+        emit_comments: false,
         budget: serde_saphyr::budget! {
             max_depth: MAX_DEPTH,
             max_aliases: MAX_ALIASES,
@@ -81,22 +83,30 @@ fn json_depth(text: &str) -> usize {
     max
 }
 
-/// Parses one document's YAML text; `first_line` is where the text starts in its file.
+/// Parses one document's YAML text; `first_line` is where the text starts in its file. Plain
+/// documents take the fast reader; the general reader decides everything else.
 fn parse_yaml(file: &str, first_line: usize, text: &str) -> Result<Value, ParseError> {
-    let mut value =
-        serde_saphyr::from_str_with_options::<Value>(text, yaml_options()).map_err(|e| {
-            let line = e
-                .location()
-                .map(|l| first_line + usize::try_from(l.line()).unwrap_or(1).max(1) - 1)
-                .unwrap_or(first_line);
-            ParseError {
-                file: file.to_string(),
-                line,
-                message: e.without_snippet().to_string(),
-            }
-        })?;
+    let mut value = match read_document(text, MAX_DEPTH - 2, MAX_NODES / 2) {
+        Some(v) => v,
+        None => parse_yaml_general(file, first_line, text)?,
+    };
     unsplit_colon_scalars(&mut value);
     Ok(value)
+}
+
+/// Parses one document's YAML text with the general reader (`serde_saphyr`).
+fn parse_yaml_general(file: &str, first_line: usize, text: &str) -> Result<Value, ParseError> {
+    serde_saphyr::from_str_with_options::<Value>(text, yaml_options()).map_err(|e| {
+        let line = e
+            .location()
+            .map(|l| first_line + usize::try_from(l.line()).unwrap_or(1).max(1) - 1)
+            .unwrap_or(first_line);
+        ParseError {
+            file: file.to_string(),
+            line,
+            message: e.without_snippet().to_string(),
+        }
+    })
 }
 
 /// Go's YAML reader (and so Istio) reads a flow-sequence item like `001:db8::` (an IPv6 address
@@ -265,6 +275,55 @@ mod tests {
         assert!(!err.message.is_empty());
         assert_eq!(docs[2].as_ref().unwrap().value["kind"], "C");
         assert_eq!(docs[2].as_ref().unwrap().line, 8);
+    }
+
+    /// The fast reader answers for most real documents, and always as the general reader does.
+    #[test]
+    fn fast_reader_agrees_with_the_general_reader_on_the_corpus() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                    out.push(p);
+                }
+            }
+        }
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance");
+        let mut files = Vec::new();
+        walk(&root, &mut files);
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts"),
+            &mut files,
+        );
+        let (mut fast, mut total) = (0, 0);
+        for f in files {
+            let Ok(text) = std::fs::read_to_string(&f) else {
+                continue;
+            };
+            for raw in split_documents(&text) {
+                total += 1;
+                let general = parse_yaml_general("f", raw.first_line, &raw.text);
+                if let Some(v) = read_document(&raw.text, MAX_DEPTH - 2, MAX_NODES / 2) {
+                    fast += 1;
+                    assert_eq!(
+                        general.as_ref().ok(),
+                        Some(&v),
+                        "{}:{}: the readers disagree",
+                        f.display(),
+                        raw.line
+                    );
+                }
+            }
+        }
+        if total > 0 {
+            assert!(
+                fast * 10 >= total * 7,
+                "fast reader used for {fast} of {total}"
+            );
+        }
     }
 
     #[test]

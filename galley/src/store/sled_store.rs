@@ -223,6 +223,21 @@ impl Store {
         Ok(out)
     }
 
+    /// Every object of `kind`, in key order, each turned by `f` as soon as it is decoded (so the
+    /// decoded objects are never all held at once, e.g. while encoding an MCP push).
+    pub fn list_map<T>(
+        &self,
+        kind: Kind,
+        mut f: impl FnMut(ConfigObject) -> T,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix(collection_prefix(kind)) {
+            let (k, v) = item?;
+            out.extend(decode_object(&k, &v).map(&mut f));
+        }
+        Ok(out)
+    }
+
     /// One object.
     pub fn get(
         &self,

@@ -1,8 +1,8 @@
 //! Checking documents: envelope (apiVersion, kind, metadata), then the kind's own rules.
 
-use mesh_proto::config::{ConfigObject, Kind, from_value_at};
+use mesh_proto::config::{ConfigObject, Kind, ModelError, ObjectMeta};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::error::{ErrorContext, ValidationError};
 use super::names::{dns1123_label_problem, dns1123_subdomain_problem, path_segment_problem};
@@ -113,7 +113,7 @@ pub fn check_document(doc: &Document) -> Checked {
             reason: format!("unknown kind {kind_name} of apiVersion {api_version}"),
         });
     };
-    let mut obj: ConfigObject = match from_value_at("", doc.value.clone()) {
+    let mut obj = match object_of(api_version, kind_name, map) {
         Ok(o) => o,
         Err(e) => return Checked::Invalid(vec![cx.error(e.field, e.message)]),
     };
@@ -178,6 +178,41 @@ pub fn check_document(doc: &Document) -> Checked {
     } else {
         Checked::Invalid(errs)
     }
+}
+
+/// The document as a [`ConfigObject`], read from the parsed value in place (no copy of the
+/// whole document, no buffering of the flattened body): only `metadata` goes through serde,
+/// with the field path of any error.
+fn object_of(
+    api_version: &str,
+    kind: &str,
+    map: &Map<String, Value>,
+) -> Result<ConfigObject, ModelError> {
+    let metadata = match map.get("metadata") {
+        None => ObjectMeta::default(),
+        Some(m) => serde_path_to_error::deserialize::<_, ObjectMeta>(m).map_err(|e| {
+            let inner = e.path().to_string();
+            ModelError {
+                field: if inner == "." {
+                    "metadata".to_string()
+                } else {
+                    format!("metadata.{inner}")
+                },
+                message: e.into_inner().to_string(),
+            }
+        })?,
+    };
+    let body = map
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(ConfigObject {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+        metadata,
+        body,
+    })
 }
 
 /// Namespaced objects without a namespace get `default`; cluster-scoped objects have none.

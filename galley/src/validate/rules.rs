@@ -4,7 +4,10 @@ use mesh_proto::config::{
     ConfigObject, DestinationRule, Endpoints, Gateway, HandlerSpec, InstanceSpec, Kind, ModelError,
     Pod, RuleSpec, ServiceSpec, VirtualService,
 };
-use serde_json::Value;
+use std::sync::LazyLock;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
 use super::error::{ErrorContext, ValidationError};
 use super::expr::check_expression;
@@ -18,33 +21,30 @@ pub(crate) fn check_body(
 ) -> Vec<ValidationError> {
     let typed = |e: ModelError| vec![cx.error(e.field, e.message)];
     match kind {
-        Kind::VirtualService => match obj.spec::<VirtualService>() {
+        Kind::VirtualService => match spec::<VirtualService>(obj) {
             Ok(vs) => virtual_service(&vs, obj, cx),
             Err(e) => typed(e),
         },
-        Kind::DestinationRule => match obj.spec::<DestinationRule>() {
+        Kind::DestinationRule => match spec::<DestinationRule>(obj) {
             Ok(dr) => destination_rule(&dr, cx),
             Err(e) => typed(e),
         },
-        Kind::Gateway => match obj.spec::<Gateway>() {
+        Kind::Gateway => match spec::<Gateway>(obj) {
             Ok(gw) => gateway(&gw, cx),
             Err(e) => typed(e),
         },
-        Kind::Service => match obj.spec::<ServiceSpec>() {
+        Kind::Service => match spec::<ServiceSpec>(obj) {
             Ok(svc) => service(&svc, cx),
             Err(e) => typed(e),
         },
-        Kind::Endpoints => obj
-            .body_as::<Endpoints>()
-            .err()
-            .map_or_else(Vec::new, typed),
-        Kind::Pod => obj.body_as::<Pod>().err().map_or_else(Vec::new, typed),
-        Kind::Rule => match obj.spec::<RuleSpec>() {
+        Kind::Endpoints => body_as::<Endpoints>(obj).err().map_or_else(Vec::new, typed),
+        Kind::Pod => body_as::<Pod>(obj).err().map_or_else(Vec::new, typed),
+        Kind::Rule => match spec::<RuleSpec>(obj) {
             Ok(rule) => mixer_rule(&rule, cx),
             Err(e) => typed(e),
         },
-        Kind::Handler => obj.spec::<HandlerSpec>().err().map_or_else(Vec::new, typed),
-        Kind::Instance => match obj.spec::<InstanceSpec>() {
+        Kind::Handler => spec::<HandlerSpec>(obj).err().map_or_else(Vec::new, typed),
+        Kind::Instance => match spec::<InstanceSpec>(obj) {
             Ok(instance) => {
                 let mut errs = Vec::new();
                 if let Some(params) = &instance.params {
@@ -54,7 +54,45 @@ pub(crate) fn check_body(
             }
             Err(e) => typed(e),
         },
+        // A legacy `kind: <template>` instance: its spec is the params.
+        Kind::Legacy(l) if !l.is_adapter() => {
+            let mut errs = Vec::new();
+            if let Some(spec) = obj.body.get("spec") {
+                instance_params(spec, "spec", cx, &mut errs);
+            }
+            errs
+        }
         _ => Vec::new(),
+    }
+}
+
+/// The `spec` read as `T` (an empty spec when absent), like [`ConfigObject::spec`] but
+/// straight from the stored value, without copying it first.
+fn spec<T: DeserializeOwned>(obj: &ConfigObject) -> Result<T, ModelError> {
+    static EMPTY: LazyLock<Value> = LazyLock::new(|| Value::Object(Map::new()));
+    typed_at("spec", obj.body.get("spec").unwrap_or(&EMPTY))
+}
+
+/// The whole body read as `T`, like [`ConfigObject::body_as`], without copying it first.
+fn body_as<T: DeserializeOwned>(obj: &ConfigObject) -> Result<T, ModelError> {
+    serde_path_to_error::deserialize(&obj.body).map_err(|e| model_error("", e))
+}
+
+fn typed_at<T: DeserializeOwned>(prefix: &str, v: &Value) -> Result<T, ModelError> {
+    serde_path_to_error::deserialize(v).map_err(|e| model_error(prefix, e))
+}
+
+/// The error as [`mesh_proto::config::from_value_at`] words it.
+fn model_error(prefix: &str, e: serde_path_to_error::Error<serde_json::Error>) -> ModelError {
+    let inner = e.path().to_string();
+    let field = match (prefix.is_empty(), inner == ".") {
+        (true, _) => inner,
+        (false, true) => prefix.to_string(),
+        (false, false) => format!("{prefix}.{inner}"),
+    };
+    ModelError {
+        field,
+        message: e.into_inner().to_string(),
     }
 }
 

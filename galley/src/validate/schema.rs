@@ -10,7 +10,7 @@
 //! (`x-kubernetes-validations`) are evaluated by [`super::cel`]; `format` is not checked.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use jsonschema::error::ValidationErrorKind;
@@ -45,9 +45,10 @@ struct Compiled {
     validator: Validator,
 }
 
-/// Every compiled schema, by `group/version/Kind`, and the problems met compiling them.
+/// Every compiled schema, by `group/version/Kind`, and the problems met compiling them. The
+/// versions of a CRD usually share one schema: it is compiled (and held) once.
 struct Schemas {
-    by_type: HashMap<String, Compiled>,
+    by_type: HashMap<String, Arc<Compiled>>,
     problems: Vec<String>,
 }
 
@@ -89,6 +90,7 @@ fn load() -> Schemas {
         by_type: HashMap::new(),
         problems: Vec::new(),
     };
+    let mut compiled: Vec<Arc<Compiled>> = Vec::new();
     for (file, text) in CRD_FILES {
         for doc in parse_text(file, text) {
             let doc = match doc {
@@ -98,7 +100,7 @@ fn load() -> Schemas {
                     continue;
                 }
             };
-            if let Err(p) = load_crd(&doc.value, &mut out.by_type) {
+            if let Err(p) = load_crd(&doc.value, &mut out.by_type, &mut compiled) {
                 out.problems.push(format!("{file}:{}: {p}", doc.line));
             }
         }
@@ -114,7 +116,11 @@ fn load() -> Schemas {
     out
 }
 
-fn load_crd(crd: &Value, into: &mut HashMap<String, Compiled>) -> Result<(), String> {
+fn load_crd(
+    crd: &Value,
+    into: &mut HashMap<String, Arc<Compiled>>,
+    compiled: &mut Vec<Arc<Compiled>>,
+) -> Result<(), String> {
     if crd.get("kind").and_then(Value::as_str) != Some("CustomResourceDefinition") {
         return Err("not a CustomResourceDefinition".into());
     }
@@ -141,15 +147,20 @@ fn load_crd(crd: &Value, into: &mut HashMap<String, Compiled>) -> Result<(), Str
             .cloned()
             .ok_or_else(|| format!("{kind} {name}: no openAPIV3Schema"))?;
         close(&mut schema);
-        let validator = jsonschema::options()
-            .with_draft(Draft::Draft7)
-            .should_validate_formats(false)
-            .build(&schema)
-            .map_err(|e| format!("{kind} {name}: {e}"))?;
-        into.insert(
-            format!("{group}/{name}/{kind}"),
-            Compiled { schema, validator },
-        );
+        let shared = match compiled.iter().find(|c| c.schema == schema) {
+            Some(c) => c.clone(),
+            None => {
+                let validator = jsonschema::options()
+                    .with_draft(Draft::Draft7)
+                    .should_validate_formats(false)
+                    .build(&schema)
+                    .map_err(|e| format!("{kind} {name}: {e}"))?;
+                let c = Arc::new(Compiled { schema, validator });
+                compiled.push(c.clone());
+                c
+            }
+        };
+        into.insert(format!("{group}/{name}/{kind}"), shared);
     }
     Ok(())
 }
