@@ -1,25 +1,32 @@
-//! Scale bench: Pilot's real ADS server in-process on loopback, a registry of N services and M
-//! simulated SotW ADS clients. Prints a markdown table.
+//! Scale bench: Pilot's real ADS server on loopback, a registry of N services and M simulated
+//! SotW ADS clients running in a child process (this binary re-executed with `--client-only`),
+//! so that Pilot's memory is measured alone. Prints a markdown table per run.
 //!
 //! ```text
-//! cargo bench -p pilot --bench scale -- --services 1000 --clients 2000
+//! cargo bench -p pilot --bench scale -- --services 1000 --clients 2000            # both runs
+//! cargo bench -p pilot --bench scale -- --services 1000 --clients 2000 --mode scoped
 //! ```
 //!
 //! Per service: a Service (port 8080 `http`), Endpoints with 3 addresses (each a Pod, labels
 //! `version: v1|v2`), a DestinationRule with subsets v1 and v2, and for 1 in 10 a VirtualService
 //! splitting traffic between the subsets. Services are spread over 10 namespaces; clients too,
-//! with 5 label sets per namespace.
+//! with 5 label sets per namespace. The `scoped` run adds one Sidecar per namespace whose egress
+//! hosts are 10 of the services (namespace k: services 10k .. 10k+9), so each proxy sees 10.
 //!
 //! 1. Clients connect while the registry is empty and ACK it.
 //! 2. Full push: the registry is swapped for the full one; measured until every client received
-//!    and ACKed CDS (every cluster), EDS (every cluster's assignment) and RDS (every virtual host).
-//! 3. One Endpoints object changes; measured per client until it received the new EDS.
+//!    and ACKed CDS (every cluster it sees), EDS (each cluster's assignment) and RDS (every
+//!    virtual host).
+//! 3. One Endpoints object (service 0) changes; measured per client that sees service 0 until it
+//!    received the new EDS.
 //!
-//! Memory is the RSS of this process (Pilot and the clients) minus the RSS before Pilot started.
+//! Memory: Pilot's RSS is this process's (the bench process minus the clients, which run in the
+//! child); the clients' RSS is reported apart.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mesh_proto::config::ConfigObject;
 use mesh_proto::envoy::envoy::config::core::v3::Node;
@@ -33,6 +40,7 @@ use pilot::model::RegistryCache;
 use pilot::translate::Options;
 use pilot::xds::{AdsServer, DEBOUNCE_QUIET, SyncStatus};
 use prost::Message;
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
@@ -57,15 +65,39 @@ struct RouteVhosts {
     virtual_hosts: Vec<prost::bytes::Bytes>,
 }
 
+/// Services each proxy sees in the scoped run.
+const SCOPE: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Unscoped,
+    Scoped,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Unscoped => "unscoped",
+            Mode::Scoped => "scoped",
+        }
+    }
+}
+
 struct Params {
     services: usize,
     clients: usize,
+    /// `None`: run both modes, each in its own process.
+    mode: Option<Mode>,
+    /// Client-only mode: Pilot's address.
+    client_addr: Option<std::net::SocketAddr>,
 }
 
 fn params() -> Params {
     let mut p = Params {
         services: 1000,
         clients: 2000,
+        mode: None,
+        client_addr: None,
     };
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
@@ -73,10 +105,21 @@ fn params() -> Params {
         match (w[0].as_str(), n) {
             ("--services", Some(n)) => p.services = n,
             ("--clients", Some(n)) => p.clients = n,
+            ("--mode", _) if w[1] == "scoped" => p.mode = Some(Mode::Scoped),
+            ("--mode", _) if w[1] == "unscoped" => p.mode = Some(Mode::Unscoped),
+            ("--client-only", _) => p.client_addr = w[1].parse().ok(),
             _ => {}
         }
     }
     p
+}
+
+/// Nanoseconds since the epoch: a clock both processes read.
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn obj(v: serde_json::Value) -> ConfigObject {
@@ -87,9 +130,29 @@ fn namespace(i: usize) -> String {
     format!("ns{}", i % NAMESPACES)
 }
 
+/// Which services the Sidecar of namespace `k` lets its proxies see (scoped run).
+fn scope_of(k: usize, services: usize) -> Vec<usize> {
+    (0..SCOPE)
+        .map(|j| (k * SCOPE + j) % services.max(1))
+        .collect()
+}
+
 /// Every object of the mesh; `moved` shifts the addresses of service 0.
-fn mesh(services: usize, moved: bool) -> Vec<ConfigObject> {
+fn mesh(services: usize, moved: bool, mode: Mode) -> Vec<ConfigObject> {
     let mut out = Vec::with_capacity(services * 7);
+    if mode == Mode::Scoped {
+        for k in 0..NAMESPACES {
+            let hosts: Vec<String> = scope_of(k, services)
+                .into_iter()
+                .map(|i| format!("{0}/svc-{i}.{0}.svc.cluster.local", namespace(i)))
+                .collect();
+            out.push(obj(serde_json::json!({
+                "apiVersion": "networking.istio.io/v1alpha3", "kind": "Sidecar",
+                "metadata": {"name": "default", "namespace": format!("ns{k}")},
+                "spec": {"egress": [{"hosts": hosts}]}
+            })));
+        }
+    }
     for i in 0..services {
         let ns = namespace(i);
         let name = format!("svc-{i}");
@@ -138,7 +201,12 @@ fn mesh(services: usize, moved: bool) -> Vec<ConfigObject> {
 }
 
 fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_kib_of("self", field)
+}
+
+/// A field (`VmRSS:`, `VmHWM:`) of `/proc/<pid>/status`, in KiB.
+fn rss_kib_of(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -148,7 +216,8 @@ fn rss_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// What a client reports after answering a response.
+/// What a client reports after answering a response (a line on the client process's stdout:
+/// `client type_url count bytes moved at_ns`).
 #[derive(Debug)]
 struct Event {
     client: usize,
@@ -158,7 +227,34 @@ struct Event {
     bytes: usize,
     /// EDS only: whether the moved address of service 0 ([`MOVED_IP`]) is in it.
     moved: bool,
-    at: Instant,
+    /// [`now_ns`] when the client had it.
+    at: u128,
+}
+
+impl Event {
+    fn line(&self) -> String {
+        format!(
+            "{} {} {} {} {} {}\n",
+            self.client,
+            self.type_url,
+            self.count,
+            self.bytes,
+            u8::from(self.moved),
+            self.at
+        )
+    }
+
+    fn parse(line: &str) -> Option<Event> {
+        let mut f = line.split_whitespace();
+        Some(Event {
+            client: f.next()?.parse().ok()?,
+            type_url: f.next()?.to_string(),
+            count: f.next()?.parse().ok()?,
+            bytes: f.next()?.parse().ok()?,
+            moved: f.next()? == "1",
+            at: f.next()?.parse().ok()?,
+        })
+    }
 }
 
 fn node(i: usize) -> Node {
@@ -298,7 +394,7 @@ async fn client(
                     count: vhosts,
                     bytes,
                     moved,
-                    at: Instant::now(),
+                    at: now_ns(),
                 });
                 continue;
             }
@@ -314,7 +410,7 @@ async fn client(
             count,
             bytes,
             moved,
-            at: Instant::now(),
+            at: now_ns(),
         });
     }
     Ok(())
@@ -325,8 +421,8 @@ struct Seen {
     cds: usize,
     eds: usize,
     rds: usize,
-    /// Bytes of the last CDS, EDS and RDS response.
-    bytes: [usize; 3],
+    /// Bytes of the last CDS, EDS, LDS and RDS response.
+    bytes: [usize; 4],
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -341,7 +437,60 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn bench(p: Params) {
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Client-only mode: `clients` clients against `addr`, events on stdout.
+async fn clients_only(p: &Params, addr: std::net::SocketAddr) {
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+    for i in 0..p.clients {
+        let ev = ev_tx.clone();
+        tokio::spawn(async move {
+            // Like Envoy, a client whose stream fails (a connect refused or reset while thousands
+            // connect at once) reconnects after a growing pause.
+            for attempt in 1..=20u32 {
+                match client(i, addr, ev.clone()).await {
+                    Ok(()) => return,
+                    Err(e) if attempt == 20 => eprintln!("client {i}: {e}"),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                    }
+                }
+            }
+        });
+    }
+    drop(ev_tx);
+    let mut out = std::io::stdout().lock();
+    while let Some(e) = ev_rx.recv().await {
+        if out
+            .write_all(e.line().as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// What one run expects each client to end up with: clusters, load assignments, virtual hosts.
+fn expected(p: &Params, mode: Mode) -> (usize, usize) {
+    match mode {
+        Mode::Unscoped => (p.services * 3, p.services),
+        Mode::Scoped => (SCOPE.min(p.services) * 3, SCOPE.min(p.services)),
+    }
+}
+
+/// Whether client `i` sees service 0 (whose endpoints change).
+fn sees_service_0(i: usize, p: &Params, mode: Mode) -> bool {
+    match mode {
+        Mode::Unscoped => true,
+        Mode::Scoped => scope_of(i % NAMESPACES, p.services).contains(&0),
+    }
+}
+
+/// One run: Pilot in this process, the clients in a child process.
+async fn bench(p: Params, mode: Mode) {
     let baseline_kib = rss_kib("VmRSS:");
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -371,36 +520,43 @@ async fn bench(p: Params) {
             }),
     );
 
-    // 1. Connect every client to an empty mesh.
+    // 1. Connect every client (in the child process) to an empty mesh.
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = tokio::process::Command::new(exe)
+        .args([
+            "--client-only",
+            &addr.to_string(),
+            "--clients",
+            &p.clients.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the client process");
+    let child_pid = child.id().map(|id| id.to_string()).unwrap_or_default();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-    let connect_start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..p.clients {
-        let ev = ev_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            // Like Envoy, a client whose stream fails (a connect refused or reset while thousands
-            // connect at once) reconnects after a growing pause.
-            for attempt in 1..=20u32 {
-                match client(i, addr, ev.clone()).await {
-                    Ok(()) => return,
-                    Err(e) if attempt == 20 => eprintln!("client {i}: {e}"),
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
-                    }
-                }
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(e) = Event::parse(&line)
+                && ev_tx.send(e).is_err()
+            {
+                return;
             }
-        }));
-    }
+        }
+    });
+    let connect_start = Instant::now();
     let mut seen: HashMap<usize, Seen> = HashMap::new();
     while seen.len() < p.clients {
         let e = recv(&mut ev_rx).await;
         seen.entry(e.client).or_default();
     }
     let connected = connect_start.elapsed();
+    let rss_connected = rss_kib("VmRSS:");
 
     // 2. Full push.
-    let clusters = p.services * 3;
-    let snapshot = Arc::new(Snapshot::from_objects(mesh(p.services, false)));
+    let (clusters, vhosts) = expected(&p, mode);
+    let snapshot = Arc::new(Snapshot::from_objects(mesh(p.services, false, mode)));
     pushes.borrow_and_update();
     let start = Instant::now();
     snap_tx.send_replace(snapshot);
@@ -413,14 +569,15 @@ async fn bench(p: Params) {
             e = recv_opt(&mut ev_rx) => {
                 let Some(e) = e else { break };
                 let s = seen.entry(e.client).or_default();
-                let before = s.cds == clusters && s.eds == clusters && s.rds == p.services;
+                let before = s.cds == clusters && s.eds == clusters && s.rds == vhosts;
                 match e.type_url.as_str() {
                     type_url::CLUSTER => (s.cds, s.bytes[0]) = (e.count, e.bytes),
                     type_url::ENDPOINT => (s.eds, s.bytes[1]) = (e.count, e.bytes),
-                    type_url::ROUTE => (s.rds, s.bytes[2]) = (e.count, e.bytes),
+                    type_url::LISTENER => s.bytes[2] = e.bytes,
+                    type_url::ROUTE => (s.rds, s.bytes[3]) = (e.count, e.bytes),
                     _ => {}
                 }
-                let after = s.cds == clusters && s.eds == clusters && s.rds == p.services;
+                let after = s.cds == clusters && s.eds == clusters && s.rds == vhosts;
                 if after && !before {
                     done += 1;
                 }
@@ -431,17 +588,22 @@ async fn bench(p: Params) {
     let per_client = seen.get(&0).map(|s| s.bytes).unwrap_or_default();
     let published = published.unwrap_or(start);
     let rss_after_full = rss_kib("VmRSS:");
+    // Built only now, so that the RSS above is Pilot's (its snapshot, registry and pushes).
+    let moved_snapshot = Arc::new(Snapshot::from_objects(mesh(p.services, true, mode)));
 
     // 3. One Endpoints change.
+    let needing = (0..p.clients)
+        .filter(|i| sees_service_0(*i, &p, mode))
+        .count();
     pushes.borrow_and_update();
-    let change = Instant::now();
-    snap_tx.send_replace(Arc::new(Snapshot::from_objects(mesh(p.services, true))));
-    let mut eds_at: HashMap<usize, Instant> = HashMap::new();
+    let change = now_ns();
+    snap_tx.send_replace(moved_snapshot);
+    let mut eds_at: HashMap<usize, u128> = HashMap::new();
     let mut other_types: std::collections::BTreeMap<String, usize> = Default::default();
     let mut pushed_at = None;
-    while eds_at.len() < p.clients {
+    while eds_at.len() < needing {
         tokio::select! {
-            _ = pushes.changed(), if pushed_at.is_none() => pushed_at = Some(Instant::now()),
+            _ = pushes.changed(), if pushed_at.is_none() => pushed_at = Some(now_ns()),
             e = recv_opt(&mut ev_rx) => {
                 let Some(e) = e else { break };
                 if e.type_url == type_url::ENDPOINT && e.moved {
@@ -453,27 +615,53 @@ async fn bench(p: Params) {
             }
         }
     }
+    // Anything else the change caused (to clients that do not need it) arrives shortly.
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(300), ev_rx.recv()).await {
+        let short = e
+            .type_url
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        *other_types.entry(short).or_default() += 1;
+    }
     let pushed_at = pushed_at.unwrap_or(change);
-    let mut from_change: Vec<Duration> = eds_at.values().map(|t| *t - change).collect();
-    let mut from_push: Vec<Duration> = eds_at
-        .values()
-        .map(|t| t.saturating_duration_since(pushed_at))
-        .collect();
-    from_change.sort();
-    from_push.sort();
+    let since = |from: u128| {
+        let mut v: Vec<Duration> = eds_at
+            .values()
+            .map(|t| Duration::from_nanos(t.saturating_sub(from) as u64))
+            .collect();
+        v.sort();
+        v
+    };
+    let from_change = since(change);
+    let from_push = since(pushed_at);
     let peak_kib = rss_kib("VmHWM:");
+    let client_rss = rss_kib_of(&child_pid, "VmRSS:");
 
+    let total: usize = per_client.iter().sum();
+    println!("\n### {} run\n", mode.as_str());
     println!("| metric | value |");
     println!("|---|---|");
     println!(
-        "| mesh | {} services ({} clusters), {} SotW clients, {} namespaces |",
-        p.services, clusters, p.clients, NAMESPACES
+        "| mesh | {} services ({} clusters), {} SotW clients, {} namespaces{} |",
+        p.services,
+        p.services * 3,
+        p.clients,
+        NAMESPACES,
+        if mode == Mode::Scoped {
+            format!(", a Sidecar per namespace: {SCOPE} services per proxy")
+        } else {
+            String::new()
+        }
     );
     println!(
-        "| one client's config, encoded: CDS / EDS / RDS | {} / {} / {} KiB |",
+        "| one client's config, encoded: CDS / EDS / LDS / RDS (total) | {} / {} / {} / {} KiB ({} KiB) |",
         per_client[0] / 1024,
         per_client[1] / 1024,
-        per_client[2] / 1024
+        per_client[2] / 1024,
+        per_client[3] / 1024,
+        total / 1024
     );
     println!(
         "| clients connected and ACKed (empty mesh) | {} |",
@@ -489,7 +677,8 @@ async fn bench(p: Params) {
         ms(full.saturating_sub(published - start))
     );
     println!(
-        "| endpoint change → EDS received, p50 / p99 (from the change) | {} / {} |",
+        "| endpoint change → EDS received by the {} clients that see it, p50 / p99 (from the change) | {} / {} |",
+        needing,
         ms(percentile(&from_change, 0.5)),
         ms(percentile(&from_change, 0.99))
     );
@@ -500,18 +689,20 @@ async fn bench(p: Params) {
     );
     println!("| other responses seen during the endpoint change (by type) | {other_types:?} |");
     println!(
-        "| RSS after full push (bench process − baseline; Pilot + clients) | {:.1} MiB |",
-        (rss_after_full.saturating_sub(baseline_kib)) as f64 / 1024.0
+        "| Pilot RSS: connected (empty mesh) / after full push / peak (VmHWM) | {} / {} / {} |",
+        mib(rss_connected),
+        mib(rss_after_full),
+        mib(peak_kib)
     );
     println!(
-        "| peak RSS (VmHWM, whole bench process) | {:.1} MiB |",
-        peak_kib as f64 / 1024.0
+        "| Pilot RSS over its baseline after the full push | {} |",
+        mib(rss_after_full.saturating_sub(baseline_kib))
     );
+    println!("| clients' process RSS (apart) | {} |", mib(client_rss));
+    println!("#size {total}");
 
     stop_tx.send_replace(true);
-    for t in tasks {
-        t.abort();
-    }
+    let _ = child.kill().await;
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
 }
 
@@ -529,11 +720,55 @@ async fn recv_opt(rx: &mut mpsc::UnboundedReceiver<Event>) -> Option<Event> {
     }
 }
 
+/// Both runs, each in its own process (so each Pilot's memory starts from nothing); prints
+/// their tables and the scoped/unscoped size ratio.
+fn both(p: &Params) {
+    let exe = std::env::current_exe().expect("own path");
+    let mut sizes = Vec::new();
+    for mode in [Mode::Unscoped, Mode::Scoped] {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--mode",
+                mode.as_str(),
+                "--services",
+                &p.services.to_string(),
+                "--clients",
+                &p.clients.to_string(),
+            ])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run the bench");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
+            match line.strip_prefix("#size ") {
+                Some(n) => sizes.push(n.trim().parse::<f64>().unwrap_or(0.0)),
+                None => println!("{line}"),
+            }
+        }
+        assert!(out.status.success(), "{} run failed", mode.as_str());
+    }
+    if let [unscoped, scoped] = sizes[..] {
+        println!(
+            "\nPer-proxy config with a Sidecar scoped to {SCOPE} of {} services: {:.2}% of the unscoped size (target ≤ 5%).",
+            p.services,
+            100.0 * scoped / unscoped.max(1.0)
+        );
+    }
+}
+
 fn main() {
     let p = params();
+    if p.client_addr.is_none() && p.mode.is_none() {
+        both(&p);
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    rt.block_on(bench(p));
+    match (p.client_addr, p.mode) {
+        (Some(addr), _) => rt.block_on(clients_only(&p, addr)),
+        (None, Some(mode)) => rt.block_on(bench(p, mode)),
+        (None, None) => {}
+    }
 }

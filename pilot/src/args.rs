@@ -1,6 +1,7 @@
 //! The `pilot` command line (every flag also read from the environment).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use mesh_runtime::LogArgs;
 
@@ -35,6 +36,82 @@ pub struct Args {
     /// Address to serve /healthz, /readyz and /metrics on.
     #[arg(long, env = "PILOT_MONITORING_ADDR", default_value = "127.0.0.1:15014")]
     pub monitoring_addr: SocketAddr,
+
+    /// Address to serve the sidecar-injection webhook (HTTPS `POST /inject`) on; off when
+    /// unset. Needs --inject-cert and --inject-key.
+    #[arg(long, env = "PILOT_INJECT_ADDR", requires_all = ["inject_cert", "inject_key"])]
+    pub inject_addr: Option<SocketAddr>,
+
+    /// PEM certificate chain the injection webhook serves.
+    #[arg(long, env = "PILOT_INJECT_CERT")]
+    pub inject_cert: Option<PathBuf>,
+
+    /// PEM private key of --inject-cert.
+    #[arg(long, env = "PILOT_INJECT_KEY")]
+    pub inject_key: Option<PathBuf>,
+
+    /// Image of the injected `istio-proxy` container (mesh-proxy).
+    #[arg(
+        long,
+        env = "PILOT_INJECT_PROXY_IMAGE",
+        default_value = "mesh-proxy:latest"
+    )]
+    pub inject_proxy_image: String,
+
+    /// Image of the injected `istio-init` container; it runs `sh -c` with iptables commands,
+    /// so it needs `sh` and `iptables`.
+    #[arg(
+        long,
+        env = "PILOT_INJECT_INIT_IMAGE",
+        default_value = "docker.io/istio/proxyv2:1.4.10"
+    )]
+    pub inject_init_image: String,
+
+    /// Pilot's xDS address given to injected proxies (`--xds-addr`).
+    #[arg(
+        long,
+        env = "PILOT_INJECT_XDS_ADDR",
+        default_value = "http://istio-pilot.istio-system.svc:15010"
+    )]
+    pub inject_xds_addr: String,
+
+    /// Citadel's address given to injected proxies (`--citadel-addr`).
+    #[arg(
+        long,
+        env = "PILOT_INJECT_CITADEL_ADDR",
+        default_value = "http://istio-citadel.istio-system.svc:8060"
+    )]
+    pub inject_citadel_addr: String,
+
+    /// Mixer's address given to injected proxies (`--mixer-addr`); none when unset.
+    #[arg(long, env = "PILOT_INJECT_MIXER_ADDR")]
+    pub inject_mixer_addr: Option<String>,
+
+    /// Address to serve xDS over mutual TLS on (Istio's 15012); off when unset. Pilot's
+    /// certificate comes from --xds-tls-cert/--xds-tls-key/--xds-tls-roots, or from Citadel
+    /// (--citadel-addr and --citadel-token-file).
+    #[arg(long, env = "PILOT_XDS_TLS_ADDR")]
+    pub xds_tls_addr: Option<SocketAddr>,
+
+    /// PEM certificate chain pilot presents on --xds-tls-addr.
+    #[arg(long, env = "PILOT_XDS_TLS_CERT", requires_all = ["xds_tls_key", "xds_tls_roots"])]
+    pub xds_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --xds-tls-cert.
+    #[arg(long, env = "PILOT_XDS_TLS_KEY")]
+    pub xds_tls_key: Option<PathBuf>,
+
+    /// PEM roots that xDS client certificates must chain to.
+    #[arg(long, env = "PILOT_XDS_TLS_ROOTS")]
+    pub xds_tls_roots: Option<PathBuf>,
+
+    /// Citadel's gRPC address, to get pilot's own xDS certificate (when no --xds-tls-cert).
+    #[arg(long, env = "PILOT_CITADEL_ADDR", requires = "citadel_token_file")]
+    pub citadel_addr: Option<String>,
+
+    /// File holding the token proving pilot's service account to Citadel.
+    #[arg(long, env = "PILOT_CITADEL_TOKEN_FILE")]
+    pub citadel_token_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub log: LogArgs,

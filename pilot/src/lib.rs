@@ -12,11 +12,13 @@
 //! - [`translate`]: the pure translation to Envoy resources.
 //! - [`xds`]: the ADS server.
 //! - [`debug`]: the debug HTTP endpoints.
+//! - [`inject`]: the sidecar-injection admission webhook (`POST /inject`).
 //! - [`run()`]: wires everything for the `pilot` binary.
 
 mod args;
 pub mod debug;
 pub mod galley_client;
+pub mod inject;
 pub mod metrics;
 pub mod model;
 mod run;

@@ -10,10 +10,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::args::Args;
 use crate::debug::{DebugState, router};
 use crate::galley_client::{GalleyClient, READY_CONDITION, Snapshot};
+use crate::inject::{self, InjectConfig, InjectMetrics, inject_router};
 use crate::metrics::PilotMetrics;
 use crate::model::RegistryCache;
 use crate::translate::Options;
-use crate::xds::{AdsServer, SyncStatus};
+use crate::xds::{AdsServer, SyncStatus, XDS_TLS_READY, XdsTls};
 
 /// Why Pilot stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,14 @@ pub enum RunError {
     Start(#[from] StartError),
     #[error("xds server failed: {0}")]
     Xds(#[source] tonic::transport::Error),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    InjectTls(#[from] crate::inject::PemError),
+    #[error(transparent)]
+    XdsTls(#[from] crate::xds::XdsTlsError),
+    #[error("xds tls server failed: {0}")]
+    XdsTlsServe(#[source] tonic::transport::Error),
     #[error("{what} server failed: {source}")]
     Http {
         what: &'static str,
@@ -38,8 +47,31 @@ pub async fn run(
     let xds_listener = bind_tcp("xds", args.xds_addr).await?;
     let debug_listener = bind_tcp("debug", args.debug_addr).await?;
     let monitoring_listener = bind_tcp("monitoring", args.monitoring_addr).await?;
+    let xds_tls_listener = match args.xds_tls_addr {
+        Some(addr) => Some(bind_tcp("xds-tls", addr).await?),
+        None => None,
+    };
+    let inject_listener = match args.inject_addr {
+        Some(addr) => Some(bind_tcp("inject", addr).await?),
+        None => None,
+    };
+    let inject_tls = match (&args.inject_addr, &args.inject_cert, &args.inject_key) {
+        (Some(_), Some(cert), Some(key)) => Some(inject::server_config(cert, key)?),
+        (Some(_), _, _) => {
+            return Err(RunError::Config(
+                "--inject-addr needs --inject-cert and --inject-key".into(),
+            ));
+        }
+        _ => None,
+    };
 
-    let readiness = Readiness::new(&[READY_CONDITION]);
+    let citadel_identity = args.xds_tls_addr.is_some() && args.xds_tls_cert.is_none();
+    let conditions: &[&'static str] = if citadel_identity {
+        &[READY_CONDITION, XDS_TLS_READY]
+    } else {
+        &[READY_CONDITION]
+    };
+    let readiness = Readiness::new(conditions);
     let metrics = Metrics::default();
     let pilot_metrics = PilotMetrics::register(&metrics);
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -71,8 +103,26 @@ pub async fn run(
         options.clone(),
         pilot_metrics,
         status.clone(),
-        stop_rx,
+        stop_rx.clone(),
     );
+    let stop_rx_tls = stop_rx;
+    let xds_tls = match xds_tls_listener {
+        Some(listener) => {
+            let tls = xds_tls(&args, &readiness, stop_rx_tls).await?;
+            let server = tonic::transport::Server::builder()
+                .add_service(ads.clone().into_service())
+                .serve_with_incoming_shutdown(tls.incoming(listener), stopped.clone());
+            Some(server)
+        }
+        None => None,
+    };
+    let inject_server = match (inject_listener, inject_tls) {
+        (Some(listener), Some(tls)) => {
+            let router = inject_router(inject_config(&args), InjectMetrics::register(&metrics));
+            Some(inject::serve_tls(listener, tls, router, stopped.clone()))
+        }
+        _ => None,
+    };
     let xds = tonic::transport::Server::builder()
         .add_service(ads.into_service())
         .serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), stopped.clone());
@@ -88,14 +138,15 @@ pub async fn run(
     let monitoring = serve_monitoring(monitoring_listener, readiness, metrics, stopped.clone());
     tracing::info!(
         xds = %args.xds_addr, debug = %args.debug_addr, monitoring = %args.monitoring_addr,
-        galley = %args.galley_addr, "pilot serving"
+        galley = %args.galley_addr, xds_tls = ?args.xds_tls_addr, inject = ?args.inject_addr,
+        "pilot serving"
     );
 
     let signal = tokio::spawn(async move {
         shutdown.await;
         stop_tx.send_replace(true);
     });
-    let (x, d, m) = tokio::join!(
+    let (x, d, m, t, ()) = tokio::join!(
         async { xds.await.map_err(RunError::Xds) },
         async {
             debug.await.map_err(|source| RunError::Http {
@@ -109,12 +160,72 @@ pub async fn run(
                 source,
             })
         },
+        async {
+            match xds_tls {
+                Some(server) => server.await.map_err(RunError::XdsTlsServe),
+                None => Ok(()),
+            }
+        },
+        async {
+            if let Some(inject) = inject_server {
+                inject.await;
+            }
+        },
     );
     signal.abort();
     let _ = galley_task.await;
     x?;
     d?;
     m?;
+    t?;
     tracing::info!("pilot stopped");
     Ok(())
+}
+
+/// What injected sidecars are given, from the flags.
+fn inject_config(args: &Args) -> InjectConfig {
+    InjectConfig {
+        proxy_image: args.inject_proxy_image.clone(),
+        init_image: args.inject_init_image.clone(),
+        xds_addr: args.inject_xds_addr.clone(),
+        citadel_addr: args.inject_citadel_addr.clone(),
+        mixer_addr: args.inject_mixer_addr.clone(),
+        trust_domain: args.trust_domain.clone(),
+    }
+}
+
+/// Pilot's xDS mTLS certificate: PEM files, else Citadel with the token file.
+async fn xds_tls(
+    args: &Args,
+    readiness: &Readiness,
+    shutdown: watch::Receiver<bool>,
+) -> Result<XdsTls, RunError> {
+    if let (Some(cert), Some(key), Some(roots)) =
+        (&args.xds_tls_cert, &args.xds_tls_key, &args.xds_tls_roots)
+    {
+        return Ok(XdsTls::from_pem(cert, key, roots, &args.trust_domain)?);
+    }
+    let (Some(citadel), Some(token_file)) = (&args.citadel_addr, &args.citadel_token_file) else {
+        return Err(RunError::Config(
+            "--xds-tls-addr needs --xds-tls-cert/--xds-tls-key/--xds-tls-roots or \
+             --citadel-addr and --citadel-token-file"
+                .into(),
+        ));
+    };
+    let token = tokio::fs::read_to_string(token_file).await.map_err(|e| {
+        RunError::Config(format!(
+            "cannot read citadel token file {}: {e}",
+            token_file.display()
+        ))
+    })?;
+    let config = mesh_identity::IdentityConfig {
+        citadel_addr: citadel.clone(),
+        token: token.trim().to_string(),
+        ttl: std::time::Duration::from_secs(24 * 3600),
+        trust_domain: args.trust_domain.clone(),
+    };
+    let readiness = readiness.clone();
+    Ok(XdsTls::from_citadel(config, shutdown, move || {
+        readiness.set(XDS_TLS_READY, true);
+    }))
 }

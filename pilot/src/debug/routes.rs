@@ -1,6 +1,6 @@
 //! `/debug/syncz`, `/debug/config_dump?proxyID=`, `/debug/registryz`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -10,8 +10,8 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::render;
-use crate::model::RegistryCache;
-use crate::translate::{Options, ProxyInfo, translate};
+use crate::model::{RegistryCache, Service, ServiceOrigin};
+use crate::translate::{Options, translate};
 use crate::xds::SyncStatus;
 
 /// What the debug handlers read.
@@ -37,13 +37,45 @@ async fn syncz(State(s): State<DebugState>) -> Json<serde_json::Value> {
 
 async fn registryz(State(s): State<DebugState>) -> Json<serde_json::Value> {
     let reg = s.registry.current();
+    let services: Vec<serde_json::Value> = reg.services.values().map(service_summary).collect();
     Json(json!({
-        "services": reg.services.values().collect::<Vec<_>>(),
+        "services": services,
         "virtualServices": reg.virtual_services,
         "destinationRules": reg.destination_rules.values().collect::<Vec<_>>(),
         "gateways": reg.gateways,
         "problems": reg.problems,
     }))
+}
+
+/// One registry service: hosts, ports, endpoint counts and where it is defined.
+fn service_summary(svc: &Service) -> serde_json::Value {
+    let mut addresses = BTreeSet::new();
+    let endpoints_by_port: BTreeMap<String, usize> = svc
+        .instances
+        .iter()
+        .map(|(port, instances)| {
+            addresses.extend(instances.iter().map(|i| (i.ip.as_str(), i.port)));
+            (port.to_string(), instances.len())
+        })
+        .collect();
+    let origin = match &svc.origin {
+        ServiceOrigin::Kubernetes => "Kubernetes".to_string(),
+        ServiceOrigin::ServiceEntry { name } => format!("ServiceEntry {}/{name}", svc.namespace),
+    };
+    json!({
+        "fqdn": svc.fqdn,
+        "name": svc.name,
+        "namespace": svc.namespace,
+        "ports": svc.ports,
+        "origin": origin,
+        "resolution": svc.resolution,
+        "meshExternal": svc.mesh_external,
+        "addresses": svc.addresses,
+        "exportTo": svc.export_to,
+        "endpoints": addresses.len(),
+        "endpointsByPort": endpoints_by_port,
+        "serviceAccounts": svc.service_accounts(),
+    })
 }
 
 async fn config_dump(
@@ -53,105 +85,32 @@ async fn config_dump(
     let Some(id) = q.get("proxyID").filter(|s| !s.is_empty()) else {
         return (
             StatusCode::BAD_REQUEST,
-            Json(json!({"error": "missing query parameter proxyID (the proxy's node id)"})),
+            Json(json!({"error": "missing query parameter proxyID (the proxy's node id, as /debug/syncz lists it)"})),
         )
             .into_response();
     };
-    // A connected proxy is rendered with its metadata (labels); otherwise from the id alone.
-    let proxy = match s.status.proxy(id) {
-        Some(p) => p,
-        None => match ProxyInfo::from_id(id) {
-            Ok(p) => p,
-            Err(e) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    Json(json!({"error": e.to_string()})),
-                )
-                    .into_response();
-            }
-        },
+    // The newest stream of that proxy (a reconnecting proxy may briefly have two).
+    let Some(status) = s
+        .status
+        .list()
+        .into_iter()
+        .rev()
+        .find(|p| &p.proxy_id == id)
+    else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!(
+                "proxy {id:?} is not connected to this pilot ({} connected; /debug/syncz lists them)",
+                s.status.len()
+            )})),
+        )
+            .into_response();
     };
     let reg = s.registry.current();
-    let cfg = translate(&reg, &proxy, &s.options);
+    let cfg = translate(&reg, &status.proxy, &s.options);
     let encoded = cfg.encode();
-    let mut body = render::config(&cfg, &encoded);
-    body["proxy"] = json!(proxy);
+    let mut body = render::config(&cfg, &encoded, &reg);
+    body["proxy"] = json!(status.proxy);
+    body["sync"] = json!({"protocol": status.protocol, "types": status.types});
     Json(body).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::galley_client::Snapshot;
-
-    async fn get_json(app: Router, uri: &str) -> (StatusCode, serde_json::Value) {
-        use tower::ServiceExt;
-        let resp = app
-            .oneshot(
-                axum::http::Request::builder()
-                    .uri(uri)
-                    .body(axum::body::Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap())
-    }
-
-    #[tokio::test]
-    async fn dumps_registry_and_config() {
-        let obj = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "reviews", "namespace": "default"},
-            "spec": {"ports": [{"name": "http", "port": 9080}]}
-        }))
-        .unwrap();
-        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::from_objects([obj])));
-        let app = router(DebugState {
-            registry: RegistryCache::new(rx, "cluster.local"),
-            status: SyncStatus::default(),
-            options: Options {
-                trust_domain: "cluster.local".into(),
-            },
-        });
-        let (st, reg) = get_json(app.clone(), "/debug/registryz").await;
-        assert_eq!(st, StatusCode::OK);
-        assert_eq!(
-            reg["services"][0]["fqdn"],
-            "reviews.default.svc.cluster.local"
-        );
-        let (st, sync) = get_json(app.clone(), "/debug/syncz").await;
-        assert_eq!(st, StatusCode::OK);
-        assert_eq!(sync, json!([]));
-        let (st, dump) = get_json(
-            app.clone(),
-            "/debug/config_dump?proxyID=sidecar~1.2.3.4~p.default~default.svc.cluster.local",
-        )
-        .await;
-        assert_eq!(st, StatusCode::OK);
-        // [0] is virtualInbound.
-        assert_eq!(dump["listeners"]["resources"][1]["name"], "virtualOutbound");
-        assert_eq!(
-            dump["listeners"]["resources"][1]["filters"][0]["rds"],
-            "http_proxy"
-        );
-        assert_eq!(
-            dump["clusters"]["resources"][0]["name"],
-            "outbound|9080||reviews.default.svc.cluster.local"
-        );
-        assert_eq!(dump["clusters"]["resources"][0]["type"], "EDS");
-        assert_eq!(
-            dump["routes"]["resources"][0]["virtualHosts"][0]["routes"][0]["action"]["clusters"][0]
-                ["name"],
-            "outbound|9080||reviews.default.svc.cluster.local"
-        );
-        let (st, _) = get_json(app, "/debug/config_dump?proxyID=garbage").await;
-        assert_eq!(st, StatusCode::BAD_REQUEST);
-    }
 }

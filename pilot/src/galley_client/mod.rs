@@ -7,7 +7,7 @@ mod snapshot;
 pub use sink::{
     COLLECTIONS, GalleyClient, READY_CONDITION, SinkError, SnapshotHandler, next_snapshot,
 };
-pub use snapshot::{Collection, Snapshot};
+pub use snapshot::{Collection, Snapshot, read_mesh_config};
 
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,7 @@ use mesh_proto::mcp::sink::{Event, Handler, Sink, Update};
 use mesh_runtime::Readiness;
 use tokio::sync::watch;
 
-use super::snapshot::{Collection, Snapshot};
+use super::snapshot::{Collection, Snapshot, read_mesh_config};
 use crate::metrics::{CollectionLabel, PilotMetrics};
 
 pub use mesh_proto::mcp::sink::SinkError;
@@ -20,7 +20,7 @@ pub use mesh_proto::mcp::sink::SinkError;
 pub const READY_CONDITION: &str = "galley-synced";
 
 /// The collections Pilot subscribes to.
-pub const COLLECTIONS: [Kind; 9] = [
+pub const COLLECTIONS: [Kind; 15] = [
     Kind::Service,
     Kind::Endpoints,
     Kind::Pod,
@@ -30,6 +30,12 @@ pub const COLLECTIONS: [Kind; 9] = [
     Kind::PeerAuthentication,
     Kind::AuthorizationPolicy,
     Kind::RequestAuthentication,
+    Kind::MeshConfig,
+    Kind::QuotaSpec,
+    Kind::QuotaSpecBinding,
+    Kind::ServiceEntry,
+    Kind::WorkloadEntry,
+    Kind::Sidecar,
 ];
 
 /// Publishes each update as a new snapshot and records the sink's events in Pilot's metrics
@@ -44,8 +50,15 @@ pub struct SnapshotHandler {
 impl Handler for SnapshotHandler {
     fn apply(&mut self, update: Update) -> Result<(), String> {
         let current = self.snapshot.borrow().clone();
-        self.snapshot
-            .send_replace(Arc::new(next_snapshot(&current, update)));
+        let kind = update.kind;
+        let next = next_snapshot(&current, update);
+        // NACK a mesh config that cannot be read; the previous one stays.
+        if kind == Kind::MeshConfig
+            && let Some(c) = next.collections.get(&Kind::MeshConfig)
+        {
+            read_mesh_config(c).map_err(|e| format!("mesh config: {e}"))?;
+        }
+        self.snapshot.send_replace(Arc::new(next));
         Ok(())
     }
 

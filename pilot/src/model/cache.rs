@@ -43,6 +43,16 @@ impl RegistryCache {
         reg
     }
 
+    /// A registry built elsewhere (by a push) from `snapshot`: kept as the current one, so that
+    /// the same snapshot is not built twice (nor held twice in memory).
+    pub fn offer(&self, snapshot: &Arc<Snapshot>, registry: &Arc<Registry>) {
+        let mut last = self.last.lock();
+        if last.as_ref().is_some_and(|(s, _)| Arc::ptr_eq(s, snapshot)) {
+            return;
+        }
+        *last = Some((snapshot.clone(), registry.clone()));
+    }
+
     /// The DNS suffix services are named under.
     pub fn domain_suffix(&self) -> &str {
         &self.domain_suffix
@@ -74,5 +84,11 @@ mod tests {
         let b = cache.current();
         assert!(!Arc::ptr_eq(&a, &b));
         assert!(b.services.contains_key("reviews.default.svc.cluster.local"));
+        // A registry offered for a newer snapshot is handed out without a rebuild.
+        let snap = Arc::new(Snapshot::default());
+        tx.send_replace(snap.clone());
+        let built = Arc::new(Registry::from_snapshot(&snap, "cluster.local"));
+        cache.offer(&snap, &built);
+        assert!(Arc::ptr_eq(&cache.current(), &built));
     }
 }

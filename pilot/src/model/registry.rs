@@ -15,6 +15,9 @@ use super::hosts::{resolve_host, service_fqdn};
 use super::service::{
     DestinationRuleEntry, GatewayEntry, Instance, Port, Service, VirtualServiceEntry,
 };
+use super::service_entry::ServiceEntrySpec;
+use super::sidecar_scope::{SidecarEntry, SidecarScope, read_sidecars, sidecar_for};
+use super::workload_entry::{WorkloadEntryItem, read_workload_entries};
 use crate::galley_client::Snapshot;
 
 /// Everything translation needs, indexed.
@@ -35,6 +38,14 @@ pub struct Registry {
     pub problems: Vec<String>,
     /// PeerAuthentication, AuthorizationPolicy and RequestAuthentication objects.
     pub security: super::security::SecurityPolicies,
+    /// QuotaSpecs and QuotaSpecBindings (the `mixer` filter's quota rules).
+    pub quotas: crate::translate::QuotaConfig,
+    /// WorkloadEntries in `namespace/name` order.
+    pub workload_entries: Vec<WorkloadEntryItem>,
+    /// Sidecars in `namespace/name` order.
+    pub sidecars: Vec<SidecarEntry>,
+    /// The mesh config (`Snapshot::mesh_config`).
+    pub mesh_config: mesh_proto::config::MeshConfig,
 }
 
 struct PodInfo {
@@ -47,15 +58,24 @@ impl Registry {
     pub fn from_snapshot(snapshot: &Snapshot, domain_suffix: &str) -> Registry {
         let mut reg = Registry {
             domain_suffix: domain_suffix.to_string(),
+            mesh_config: snapshot.mesh_config().clone(),
             ..Registry::default()
         };
         let pods = reg.pods(snapshot);
+        reg.workload_entries = read_workload_entries(snapshot, &mut reg.problems);
         reg.add_services(snapshot, &pods);
+        reg.add_service_entries(snapshot);
+        reg.sidecars = read_sidecars(snapshot, &mut reg.problems);
         reg.add_virtual_services(snapshot);
         reg.add_destination_rules(snapshot);
         reg.add_gateways(snapshot);
         reg.security =
             super::security::SecurityPolicies::from_snapshot(snapshot, &mut reg.problems);
+        reg.quotas = crate::translate::QuotaConfig::from_snapshot(
+            snapshot,
+            domain_suffix,
+            &mut reg.problems,
+        );
         reg
     }
 
@@ -74,9 +94,77 @@ impl Registry {
         self.destination_rules.get(host)
     }
 
-    /// Resolves `host` as written in `namespace`.
+    /// Resolves `host` as written in `namespace`: a ServiceEntry host as written stays as it
+    /// is (`example.com` is not `example.com.svc.<suffix>`); else Kubernetes short names.
     pub fn resolve(&self, host: &str, namespace: &str) -> String {
+        if self.services.get(host).is_some_and(|s| !s.is_kubernetes()) {
+            return host.to_string();
+        }
         resolve_host(host, namespace, &self.domain_suffix)
+    }
+
+    /// What a sidecar in `namespace` with `labels` sees (its Sidecar resource, exportTo).
+    pub fn sidecar_scope(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> SidecarScope<'_> {
+        SidecarScope {
+            namespace: namespace.to_string(),
+            sidecar: sidecar_for(&self.sidecars, namespace, labels),
+            domain_suffix: self.domain_suffix.clone(),
+        }
+    }
+
+    /// Whether `scope` hides anything: a Sidecar applies, or some service, VirtualService or
+    /// DestinationRule is not exported to the proxy's namespace.
+    pub fn scope_restricts(&self, scope: &SidecarScope<'_>) -> bool {
+        scope.sidecar.is_some()
+            || self.services.values().any(|s| !scope.sees(s))
+            || self
+                .virtual_services
+                .iter()
+                .any(|v| !scope.sees_config(&v.spec.export_to, &v.namespace))
+            || self
+                .destination_rules
+                .values()
+                .any(|d| !scope.sees_config(&d.spec.export_to, &d.namespace))
+    }
+
+    /// This registry as a sidecar under `scope` sees it: only the services it sees, and the
+    /// VirtualServices and DestinationRules exported to its namespace.
+    pub fn scoped(&self, scope: &SidecarScope<'_>) -> Registry {
+        let virtual_services: Vec<VirtualServiceEntry> = self
+            .virtual_services
+            .iter()
+            .filter(|v| scope.sees_config(&v.spec.export_to, &v.namespace))
+            .cloned()
+            .collect();
+        let mut vs_by_host: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, vs) in virtual_services.iter().enumerate() {
+            for h in &vs.hosts {
+                vs_by_host.entry(h.clone()).or_default().push(i);
+            }
+        }
+        // Cloned whole so that fields added later follow; then narrowed.
+        let mut out = self.clone();
+        out.services = self
+            .services
+            .iter()
+            .filter(|(_, s)| scope.sees(s))
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        out.virtual_services = virtual_services;
+        out.vs_by_host = vs_by_host;
+        out.destination_rules = self
+            .destination_rules
+            .iter()
+            .filter(|(_, d)| scope.sees_config(&d.spec.export_to, &d.namespace))
+            .map(|(k, d)| (k.clone(), d.clone()))
+            .collect();
+        out.problems = Vec::new();
+        out.workload_entries = Vec::new();
+        out
     }
 
     fn problem(&mut self, obj: &ConfigObject, reason: impl std::fmt::Display) {
@@ -141,7 +229,7 @@ impl Registry {
                 .collect();
             ports.sort_by_key(|p| p.port);
             ports.dedup_by_key(|p| p.port);
-            let mut instances = BTreeMap::new();
+            let mut instances: BTreeMap<u16, Vec<Instance>> = BTreeMap::new();
             if let Some(ep_obj) = snapshot.get(Kind::Endpoints, ns, &obj.metadata.name) {
                 match ep_obj.body_as::<Endpoints>() {
                     Ok(eps) => {
@@ -155,6 +243,25 @@ impl Registry {
                     Err(e) => self.problem(ep_obj, e),
                 }
             }
+            // WorkloadEntries of the namespace the Service's selector matches, as Istio does.
+            for we in self
+                .workload_entries
+                .iter()
+                .filter(|w| w.namespace == *ns && w.spec.selected_by(&spec.selector))
+            {
+                for sp in &spec.ports {
+                    let port =
+                        we.spec
+                            .port_for(sp.name.as_deref(), sp.target_port.as_ref(), sp.port);
+                    let list = instances.entry(sp.port).or_default();
+                    list.push(
+                        we.spec
+                            .instance(port, Some(format!("{}/{}", we.namespace, we.name))),
+                    );
+                    list.sort();
+                    list.dedup();
+                }
+            }
             self.services.insert(
                 fqdn.clone(),
                 Service {
@@ -163,8 +270,54 @@ impl Registry {
                     fqdn,
                     ports,
                     instances,
+                    // Istio's `networking.istio.io/exportTo` annotation (comma separated).
+                    export_to: obj
+                        .metadata
+                        .annotations
+                        .get("networking.istio.io/exportTo")
+                        .map(|v| {
+                            v.split(',')
+                                .map(|s| s.trim().to_string())
+                                .filter(|s| !s.is_empty())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    ..Service::default()
                 },
             );
+        }
+    }
+
+    /// One service per ServiceEntry host. A host already defined (by a Kubernetes Service or
+    /// an earlier ServiceEntry) keeps its first definition; the later one is a problem.
+    fn add_service_entries(&mut self, snapshot: &Snapshot) {
+        for obj in snapshot.objects(Kind::ServiceEntry) {
+            let spec: ServiceEntrySpec = match obj.spec() {
+                Ok(s) => s,
+                Err(e) => {
+                    self.problem(obj, e);
+                    continue;
+                }
+            };
+            let ns = &obj.metadata.namespace;
+            let services = match spec.services(ns, &obj.metadata.name, &self.workload_entries) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.problem(obj, e);
+                    continue;
+                }
+            };
+            for svc in services {
+                if let Some(first) = self.services.get(&svc.fqdn) {
+                    let reason = format!(
+                        "host {} is already defined in namespace {}",
+                        svc.fqdn, first.namespace
+                    );
+                    self.problem(obj, reason);
+                    continue;
+                }
+                self.services.insert(svc.fqdn.clone(), svc);
+            }
         }
     }
 
@@ -267,6 +420,7 @@ fn instances_for_port(
                 pod: pod_key.clone(),
                 labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
                 service_account: pod.map(|p| p.service_account.clone()),
+                ..Instance::default()
             });
         }
     }

@@ -16,6 +16,47 @@ pub struct Service {
     pub ports: Vec<Port>,
     /// Ready instances per service port number, sorted by `ip:port`.
     pub instances: BTreeMap<u16, Vec<Instance>>,
+    /// Where the service is defined.
+    pub origin: ServiceOrigin,
+    /// How a proxy finds the service's endpoints.
+    pub resolution: Resolution,
+    /// ServiceEntry `location: MESH_EXTERNAL` (no Istio mTLS unless a DestinationRule asks).
+    pub mesh_external: bool,
+    /// ServiceEntry `addresses` (VIPs / CIDRs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// `exportTo` (empty: every namespace).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+    /// ServiceEntry `subjectAltNames`, verified besides the instances' SPIFFE ids.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+}
+
+/// Where a service comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ServiceOrigin {
+    /// A Kubernetes Service (`name.ns.svc.<suffix>`, short names apply).
+    #[default]
+    Kubernetes,
+    /// One host of ServiceEntry `namespace/name` (the name is the host as written).
+    ServiceEntry { name: String },
+}
+
+/// How the endpoints of a service are found (ServiceEntry `resolution`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Resolution {
+    /// Pilot lists them (Kubernetes Endpoints, `STATIC`): EDS.
+    #[default]
+    Static,
+    /// The proxy resolves the endpoint addresses (or the host) by DNS: `STRICT_DNS`.
+    Dns,
+    /// Like [`Resolution::Dns`], one connection target at a time: `LOGICAL_DNS`.
+    DnsRoundRobin,
+    /// `NONE`: the connection's original destination (`ORIGINAL_DST`).
+    Passthrough,
 }
 
 /// One service port.
@@ -41,6 +82,12 @@ pub struct Instance {
     pub labels: BTreeMap<String, String>,
     /// The Pod's service account (`default` when the Pod names none).
     pub service_account: Option<String>,
+    /// `region/zone/subzone` (WorkloadEntry / ServiceEntry endpoint `locality`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+    /// Load balancing weight (absent: 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 impl Service {
@@ -57,6 +104,27 @@ impl Service {
             .filter_map(|i| i.service_account.clone())
             .collect()
     }
+}
+
+impl Service {
+    /// Whether the service is visible to proxies in `namespace` by its `exportTo`
+    /// (`*`, `.` = its own namespace, `~` = none, or namespace names; empty = everywhere).
+    pub fn exported_to(&self, namespace: &str) -> bool {
+        exported(&self.export_to, &self.namespace, namespace)
+    }
+
+    /// Whether this is a Kubernetes Service (short names and `name.ns` forms apply).
+    pub fn is_kubernetes(&self) -> bool {
+        self.origin == ServiceOrigin::Kubernetes
+    }
+}
+
+/// Istio's `exportTo` rule for config of `owner_ns` seen from `namespace`.
+pub fn exported(export_to: &[String], owner_ns: &str, namespace: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || e == namespace || (e == "." && owner_ns == namespace))
 }
 
 impl Instance {

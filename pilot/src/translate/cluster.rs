@@ -24,6 +24,9 @@ use super::names::{cluster_name, sni, spiffe};
 use super::resources::{duration, pack};
 use crate::model::{Registry, Service};
 
+#[path = "upstream_tls.rs"]
+mod upstream_tls;
+
 /// Connect timeout when the DestinationRule sets none.
 pub const CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(10);
 
@@ -40,23 +43,36 @@ pub fn ads_config_source() -> ConfigSource {
 
 /// Every cluster of the mesh, sorted by name.
 pub fn clusters(reg: &Registry, trust_domain: &str) -> Vec<Cluster> {
+    clusters_of(reg, trust_domain, |_| true)
+}
+
+/// The clusters of the services `keep` selects, sorted by name.
+pub fn clusters_of(
+    reg: &Registry,
+    trust_domain: &str,
+    keep: impl Fn(&Service) -> bool,
+) -> Vec<Cluster> {
     let mut out = Vec::new();
-    for svc in reg.services.values() {
+    for svc in reg.services.values().filter(|s| keep(s)) {
         let dr = reg.destination_rule(&svc.fqdn);
         let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
         let subsets: &[Subset] = dr.map(|d| d.spec.subsets.as_slice()).unwrap_or_default();
         let sans = service_sans(svc, trust_domain);
         for port in &svc.ports {
-            out.push(build(svc, port.port, "", top, None, &sans));
+            let mut c = build(svc, port.port, "", top, None, &sans);
+            super::passthrough::apply_resolution(&mut c, svc, port.port, None);
+            out.push(c);
             for subset in subsets {
-                out.push(build(
+                let mut c = build(
                     svc,
                     port.port,
                     &subset.name,
                     top,
                     subset.traffic_policy.as_ref(),
                     &sans,
-                ));
+                );
+                super::passthrough::apply_resolution(&mut c, svc, port.port, Some(&subset.labels));
+                out.push(c);
             }
         }
     }
@@ -65,12 +81,20 @@ pub fn clusters(reg: &Registry, trust_domain: &str) -> Vec<Cluster> {
     out
 }
 
-/// SPIFFE ids of every service account behind `svc`.
+/// SPIFFE ids of every service account behind `svc`, then its ServiceEntry
+/// `subjectAltNames`.
 fn service_sans(svc: &Service, trust_domain: &str) -> Vec<String> {
-    svc.service_accounts()
+    let mut sans: Vec<String> = svc
+        .service_accounts()
         .iter()
         .map(|sa| spiffe(trust_domain, &svc.namespace, sa))
-        .collect()
+        .collect();
+    for san in &svc.subject_alt_names {
+        if !sans.contains(san) {
+            sans.push(san.clone());
+        }
+    }
+    sans
 }
 
 fn build(
@@ -89,10 +113,8 @@ fn build(
             .and_then(|p| policy_field(p, port, key))
             .or_else(|| top.and_then(|p| policy_field(p, port, key)))
     };
-    let tls_mode = local
-        .and_then(|p| p.tls.as_ref())
-        .or_else(|| top.and_then(|p| p.tls.as_ref()))
-        .and_then(|t| t.mode.clone());
+    let tls = upstream_tls::client_tls(local, top, port);
+    let tls_mode = tls.as_ref().and_then(|t| t.mode.clone());
     let connection_pool = pick("connectionPool");
     let connect_timeout = connection_pool
         .and_then(|cp| cp.pointer("/tcp/connectTimeout"))
@@ -106,8 +128,20 @@ fn build(
         _ if lb.is_some_and(|lb| lb.get("consistentHash").is_some()) => cluster::LbPolicy::RingHash,
         _ => cluster::LbPolicy::RoundRobin,
     };
-    let transport_socket = (tls_mode.as_deref() != Some("DISABLE"))
-        .then(|| istio_mtls_socket(sans, &sni(port, subset, &svc.fqdn)));
+    // Mesh services: Istio mTLS unless DISABLE. MESH_EXTERNAL ServiceEntries: only when the
+    // DestinationRule asks for ISTIO_MUTUAL (their workloads have no sidecar).
+    // SIMPLE / MUTUAL: TLS origination with the rule's own certificate files.
+    let istio_mtls = match tls_mode.as_deref() {
+        Some("DISABLE" | "SIMPLE" | "MUTUAL") => false,
+        Some("ISTIO_MUTUAL") => true,
+        _ => !svc.mesh_external,
+    };
+    let transport_socket = match (&tls, tls_mode.as_deref()) {
+        (Some(t), Some("SIMPLE" | "MUTUAL")) => {
+            Some(upstream_tls::origination_socket(t, &svc.fqdn))
+        }
+        _ => istio_mtls.then(|| istio_mtls_socket(sans, &sni(port, subset, &svc.fqdn))),
+    };
     Cluster {
         name: name.clone(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(

@@ -102,6 +102,8 @@ fn hcm(reg: &Registry, proxy: &ProxyInfo) -> Any {
     for rbac in rbac_configs(reg, proxy) {
         filters.push(http_filter_of(RBAC_FILTER, pack(&type_name(&rbac), &rbac)));
     }
+    // Mixer Check/Report with the quotas bound to this workload's services (mixer_filter.rs).
+    filters.push(super::mixer_filter::inbound_filter(reg, proxy));
     filters.push(http_filter_of(
         "envoy.filters.http.router",
         pack(&Router::type_url(), &Router::default()),
@@ -122,6 +124,10 @@ fn hcm(reg: &Registry, proxy: &ProxyInfo) -> Any {
                     )),
                     ..RouteAction::default()
                 })),
+                typed_per_filter_config: super::mixer_filter::inbound_route_config(reg, proxy)
+                    .map(|c| (super::mixer_filter::MIXER_FILTER.to_string(), c))
+                    .into_iter()
+                    .collect(),
                 ..Route::default()
             }],
             ..VirtualHost::default()

@@ -21,21 +21,42 @@ pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 const ROUTER_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 
 /// The sidecar's outbound listener (`127.0.0.1:15001`; the proxy binds its own address).
-pub fn sidecar_listener() -> Listener {
-    http_listener(VIRTUAL_OUTBOUND, "127.0.0.1", 15001, HTTP_PROXY_ROUTE)
+pub fn sidecar_listener(mixer: HttpFilter) -> Listener {
+    http_listener(
+        VIRTUAL_OUTBOUND,
+        "127.0.0.1",
+        15001,
+        HTTP_PROXY_ROUTE,
+        mixer,
+    )
 }
 
-/// A gateway listener for `port`, routed by `http.<port>`.
-pub fn gateway_listener_for(port: u32) -> Listener {
-    http_listener(
+/// A gateway listener for `port`, routed by `http.<port>`, with `chains` (one plain chain, or
+/// one per HTTPS server: `gateway_tls::port_chains`).
+pub fn gateway_listener_for(
+    port: u32,
+    mixer: HttpFilter,
+    chains: Vec<super::gateway_tls::GatewayChain>,
+) -> Listener {
+    let mut l = http_listener(
         &gateway_listener(port),
         "0.0.0.0",
         port,
         &gateway_route(port),
-    )
+        mixer,
+    );
+    super::gateway_tls::apply_chains(&mut l, chains);
+    l
 }
 
-fn http_listener(name: &str, ip: &str, port: u32, route_config: &str) -> Listener {
+/// `mixer` is the `mixer` HTTP filter (`mixer_filter::outbound_filter`).
+fn http_listener(
+    name: &str,
+    ip: &str,
+    port: u32,
+    route_config: &str,
+    mixer: HttpFilter,
+) -> Listener {
     let hcm = HttpConnectionManager {
         stat_prefix: name.to_string(),
         codec_type: http_connection_manager::CodecType::Auto as i32,
@@ -43,8 +64,10 @@ fn http_listener(name: &str, ip: &str, port: u32, route_config: &str) -> Listene
             config_source: Some(ads_config_source()),
             route_config_name: route_config.to_string(),
         })),
-        // As Istio orders them: CORS and fault injection (configured per route), then the router.
+        // As Istio orders them: mixer, CORS and fault injection (configured per route), then the
+        // router.
         http_filters: vec![
+            mixer,
             HttpFilter {
                 name: CORS_FILTER.to_string(),
                 config_type: Some(http_filter::ConfigType::TypedConfig(pack(

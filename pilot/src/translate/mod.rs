@@ -10,19 +10,24 @@
 //! ```
 //! Output is sorted by name so that the versions (hashes of the encoded resources) are stable.
 
+mod access_log;
 mod cluster;
 mod duration;
 mod endpoint;
+mod gateway_tls;
 mod http_route;
 mod inbound;
 mod jwt;
 mod listener;
+mod mixer_filter;
 mod names;
+mod passthrough;
 mod peer_authn;
 mod proxy_info;
 mod rbac;
 mod resources;
 mod route_table;
+mod sidecar_scope;
 mod tcp;
 mod traffic;
 
@@ -31,14 +36,20 @@ use mesh_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use mesh_proto::envoy::envoy::config::listener::v3::Listener;
 use mesh_proto::envoy::envoy::config::route::v3::RouteConfiguration;
 
+pub use access_log::{
+    DEFAULT_JSON_FORMAT, DEFAULT_TEXT_FORMAT, FILE_ACCESS_LOG, access_logs, add_access_logs,
+};
 pub use duration::{DurationError, parse_duration};
 pub use inbound::{VIRTUAL_INBOUND, inbound_listener};
+pub use mixer_filter::{MIXER_FILTER, QuotaConfig};
 pub use names::{
     HTTP_PROXY_ROUTE, VIRTUAL_OUTBOUND, cluster_name, gateway_listener, gateway_route, sni, spiffe,
 };
+pub use passthrough::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 pub use peer_authn::{MtlsMode, MtlsSettings, mtls_settings};
 pub use proxy_info::{ProxyInfo, ProxyInfoError, ProxyType};
 pub use resources::{EncodedResource, TypeResources, XdsType, pack};
+pub use sidecar_scope::{ScopedClusters, proxy_view};
 pub use tcp::{PortProtocol, TCP_PROXY_FILTER, port_protocol};
 
 use crate::model::{Registry, VirtualServiceEntry};
@@ -128,7 +139,15 @@ impl ProxyConfig {
 
 /// Translates the registry into `proxy`'s configuration.
 pub fn translate(reg: &Registry, proxy: &ProxyInfo, opts: &Options) -> ProxyConfig {
-    let (clusters, endpoints) = translate_shared(reg, opts);
+    let (mut clusters, mut endpoints) = translate_shared(reg, opts);
+    // A sidecar under a Sidecar resource or exportTo: only what it sees (as ScopedClusters).
+    if let Some((view, outbound)) = proxy_view(reg, proxy) {
+        (clusters, endpoints) = translate_shared(&view, opts);
+        if outbound.is_some() {
+            clusters.extend(passthrough::special_clusters());
+            clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+    }
     let (listeners, routes, skipped) = translate_proxy(reg, proxy, opts);
     ProxyConfig {
         listeners,
@@ -150,6 +169,18 @@ pub fn translate_shared(
     )
 }
 
+/// CDS and EDS of the services `keep` selects only (for pushes that changed a few services).
+pub fn translate_shared_of(
+    reg: &Registry,
+    opts: &Options,
+    keep: impl Fn(&crate::model::Service) -> bool,
+) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
+    (
+        cluster::clusters_of(reg, &opts.trust_domain, &keep),
+        endpoint::load_assignments_of(reg, &keep),
+    )
+}
+
 /// The part of a proxy's config that depends on the proxy (its type, namespace and labels):
 /// LDS, RDS and the VirtualServices left out.
 pub fn translate_proxy(
@@ -157,15 +188,25 @@ pub fn translate_proxy(
     proxy: &ProxyInfo,
     _opts: &Options,
 ) -> (Vec<Listener>, Vec<RouteConfiguration>, Vec<Skipped>) {
+    // The mesh config's access log, on every HTTP connection manager and tcp_proxy.
+    let logs = access_log::access_logs(&reg.mesh_config);
+    // Sidecar scoping: translate from the registry narrowed to what the proxy sees (the
+    // inbound side, about the proxy's own workload, from the whole registry).
+    let full = reg;
+    let view = proxy_view(reg, proxy);
+    let reg = view.as_ref().map_or(reg, |(v, _)| v);
     let mut skipped = Vec::new();
-    let (listeners, routes) = match proxy.proxy_type {
+    let (mut listeners, mut routes) = match proxy.proxy_type {
         ProxyType::Sidecar => (
             // Sorted by name: 0.0.0.0_<port> (TCP ports), virtualInbound, virtualOutbound.
             tcp::sidecar_tcp_listeners(reg, proxy, &mut skipped)
                 .into_iter()
                 .chain([
-                    inbound::inbound_listener(reg, proxy),
-                    listener::sidecar_listener(),
+                    inbound::inbound_listener(full, proxy),
+                    listener::sidecar_listener(mixer_filter::outbound_filter(
+                        reg,
+                        ProxyType::Sidecar,
+                    )),
                 ])
                 .collect(),
             vec![route_table::sidecar_routes(reg, proxy, &mut skipped)],
@@ -190,13 +231,27 @@ pub fn translate_proxy(
             let mut listeners: Vec<_> = routes
                 .iter()
                 .filter_map(http_port)
-                .map(listener::gateway_listener_for)
+                .map(|port| {
+                    listener::gateway_listener_for(
+                        port,
+                        mixer_filter::outbound_filter(reg, ProxyType::Router),
+                        gateway_tls::port_chains(&gateways, port),
+                    )
+                })
                 .chain(passthrough)
                 .collect();
             listeners.sort_by(|a, b| a.name.cmp(&b.name));
             (listeners, routes)
         }
     };
+    // outboundTrafficPolicy: the catch-all virtual host, after every service's.
+    if let Some((_, Some(policy))) = &view
+        && let Some(rc) = routes.iter_mut().find(|r| r.name == HTTP_PROXY_ROUTE)
+    {
+        rc.virtual_hosts
+            .push(passthrough::catch_all_virtual_host(*policy));
+    }
+    access_log::add_access_logs(&mut listeners, &logs);
     skipped.sort_by(|a, b| a.virtual_service.cmp(&b.virtual_service));
     skipped.dedup();
     (listeners, routes, skipped)
@@ -206,3 +261,5 @@ pub fn translate_proxy(
 mod security_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_registry;

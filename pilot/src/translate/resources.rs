@@ -98,6 +98,20 @@ impl TypeResources {
         }
     }
 
+    /// Resources already encoded (sorted by name), with the version [`TypeResources::encode`]
+    /// would give them.
+    pub fn from_encoded(resources: Vec<EncodedResource>) -> TypeResources {
+        let mut hash = Fnv64::default();
+        for r in &resources {
+            hash.write_len_prefixed(r.name.as_bytes());
+            hash.write_len_prefixed(&r.resource.value);
+        }
+        TypeResources {
+            version: format!("{:016x}", hash.0),
+            resources,
+        }
+    }
+
     /// The resources named in `names` (all of them when `names` is empty).
     pub fn select(&self, names: &[String]) -> Vec<Any> {
         self.resources
@@ -107,9 +121,62 @@ impl TypeResources {
             .collect()
     }
 
-    /// The resource called `name`.
+    /// The resource called `name` (a binary search: resources are sorted by name).
     pub fn get(&self, name: &str) -> Option<&EncodedResource> {
-        self.resources.iter().find(|r| r.name == name)
+        self.position(name).and_then(|i| self.resources.get(i))
+    }
+
+    /// The index of the resource called `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        match self
+            .resources
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+        {
+            Ok(i) => Some(i),
+            // Not sorted after all: look everywhere.
+            Err(_) => self.resources.iter().position(|r| r.name == name),
+        }
+    }
+
+    /// These resources with the ones `drop` names removed and `fresh` (sorted by name) added;
+    /// also returns the names whose resource changed, appeared or went away.
+    pub fn patch(
+        &self,
+        drop: impl Fn(&str) -> bool,
+        fresh: Vec<EncodedResource>,
+    ) -> (TypeResources, std::collections::BTreeSet<String>) {
+        use std::collections::BTreeMap;
+        let mut changed: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+        for r in self.resources.iter().filter(|r| drop(&r.name)) {
+            changed.insert(&r.name, Some(&r.version));
+        }
+        let mut out: Vec<EncodedResource> = Vec::with_capacity(self.resources.len());
+        let mut fresh = fresh.into_iter().peekable();
+        for r in self.resources.iter().filter(|r| !drop(&r.name)) {
+            while let Some(f) = fresh.next_if(|f| f.name < r.name) {
+                out.push(f);
+            }
+            out.push(r.clone());
+        }
+        out.extend(fresh);
+        let mut names = std::collections::BTreeSet::new();
+        for r in &out {
+            if let Some(old) = changed.remove(r.name.as_str())
+                && old != Some(r.version.as_str())
+            {
+                names.insert(r.name.clone());
+            }
+        }
+        names.extend(changed.into_keys().map(str::to_string));
+        // A fresh resource that was not dropped before is new.
+        let before: std::collections::BTreeSet<&str> =
+            self.resources.iter().map(|r| r.name.as_str()).collect();
+        names.extend(
+            out.iter()
+                .filter(|r| !before.contains(r.name.as_str()))
+                .map(|r| r.name.clone()),
+        );
+        (TypeResources::from_encoded(out), names)
     }
 }
 
@@ -182,6 +249,34 @@ mod tests {
         assert_eq!(a.get("a").unwrap().version, c.get("a").unwrap().version);
         assert_ne!(a.get("a").unwrap().version, a.get("b").unwrap().version);
         assert!(c.get("b").is_none());
+        // Re-assembled from encoded resources: the same version.
+        let again = TypeResources::from_encoded(a.resources.clone());
+        assert_eq!(again, a);
+        assert_eq!(
+            TypeResources::from_encoded(vec![a.resources[0].clone()]).version,
+            b.version
+        );
+        // Patched: b dropped and re-added unchanged, c added, a kept.
+        let fresh = TypeResources::encode(type_url::CLUSTER, [cluster("b"), cluster("c")]);
+        let (p, changed) = a.patch(|n| n == "b", fresh.resources);
+        assert_eq!(
+            p,
+            TypeResources::encode(
+                type_url::CLUSTER,
+                [cluster("a"), cluster("b"), cluster("c")]
+            )
+        );
+        assert_eq!(
+            changed.into_iter().collect::<Vec<_>>(),
+            vec!["c".to_string()]
+        );
+        let mut b2 = cluster("b");
+        b2.1.alt_stat_name = "x".into();
+        let fresh = TypeResources::encode(type_url::CLUSTER, [b2]);
+        let (p2, changed) = p.patch(|n| n == "b" || n == "a", fresh.resources);
+        assert_eq!(p2.resources.len(), 2);
+        assert_eq!(changed.into_iter().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_ne!(p2.get("b").unwrap().version, p.get("b").unwrap().version);
         assert_eq!(
             XdsType::from_type_url(type_url::ROUTE),
             Some(XdsType::Route)

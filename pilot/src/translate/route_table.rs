@@ -55,8 +55,12 @@ pub fn sidecar_routes(
 }
 
 /// `FQDN`, `FQDN:P`, `name.ns[.svc]`, `name.ns[.svc]:P`, and `name`, `name:P` for proxies in the
-/// service's namespace.
+/// service's namespace (Kubernetes Services); a ServiceEntry host and `host:P`.
 fn sidecar_domains(svc: &Service, port: u16, proxy_namespace: &str) -> Vec<String> {
+    if !svc.is_kubernetes() {
+        // A ServiceEntry host (maybe `*.example.com`): only as written.
+        return vec![svc.fqdn.clone(), format!("{}:{port}", svc.fqdn)];
+    }
     let mut hosts = vec![svc.fqdn.clone()];
     if svc.namespace == proxy_namespace {
         hosts.push(svc.name.clone());
@@ -131,13 +135,18 @@ fn gateway_table(
     let virtual_hosts = hosts
         .into_iter()
         .map(|(host, routes)| VirtualHost {
+            // A plain HTTP server with `tls.httpsRedirect` covering the host: 301 to https.
+            routes: if super::gateway_tls::https_redirect(gateways, port, &host) {
+                vec![super::gateway_tls::https_redirect_route()]
+            } else {
+                routes
+            },
             name: format!("{host}:{port}"),
             domains: if host == "*" {
                 vec![host]
             } else {
                 vec![host.clone(), format!("{host}:{port}")]
             },
-            routes,
             ..VirtualHost::default()
         })
         .collect();

@@ -103,7 +103,7 @@ fn default_is_permissive_with_tls_inspector_and_no_policy() {
         chains(&l),
         [("tls".to_string(), None), ("raw_buffer".to_string(), None)]
     );
-    assert_eq!(filter_names(&l), ["envoy.filters.http.router"]);
+    assert_eq!(filter_names(&l), ["mixer", "envoy.filters.http.router"]);
     // The TLS chain requires a client certificate.
     let Some(transport_socket::ConfigType::TypedConfig(tc)) = &l.filter_chains[0]
         .transport_socket
@@ -194,6 +194,7 @@ fn authorization_policies_become_deny_then_allow_rbac() {
         [
             "envoy.filters.http.rbac",
             "envoy.filters.http.rbac",
+            "mixer",
             "envoy.filters.http.router"
         ]
     );
@@ -257,7 +258,7 @@ fn authorization_policies_become_deny_then_allow_rbac() {
         )],
         "ratings",
     );
-    assert_eq!(filter_names(&d), ["envoy.filters.http.router"]);
+    assert_eq!(filter_names(&d), ["mixer", "envoy.filters.http.router"]);
 }
 
 #[test]
@@ -285,6 +286,7 @@ fn request_authentication_becomes_jwt_authn_first() {
         [
             "envoy.filters.http.jwt_authn",
             "envoy.filters.http.rbac",
+            "mixer",
             "envoy.filters.http.router"
         ]
     );
@@ -331,6 +333,6 @@ fn request_authentication_becomes_jwt_authn_first() {
     // Not selected: reviews has no jwt filter.
     assert_eq!(
         filter_names(&inbound(vec![], "reviews")),
-        ["envoy.filters.http.router"]
+        ["mixer", "envoy.filters.http.router"]
     );
 }

@@ -593,6 +593,7 @@ fn fault_becomes_per_route_http_fault_and_the_filter_is_in_the_chain() {
     assert_eq!(
         names,
         [
+            "mixer",
             "envoy.filters.http.cors",
             "envoy.filters.http.fault",
             "envoy.filters.http.router"

@@ -1,17 +1,16 @@
 //! Delta (incremental) ADS: per type URL the client subscribes and unsubscribes names; each
 //! response carries only the resources whose own version changed and the names that went away.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use mesh_proto::envoy::envoy::config::core::v3::Node;
-use mesh_proto::envoy::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use mesh_proto::envoy::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::delta_state::{DeltaState, Reply};
 use super::server::Shared;
 use super::status::Nack;
 use super::stream::{Protocol, Session};
+use super::wire::{DeltaResponse, Picked};
 use crate::translate::XdsType;
 
 /// The Delta state of one stream.
@@ -22,7 +21,7 @@ pub(super) struct Delta {
 
 impl Protocol for Delta {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = DeltaResponse;
     const NAME: &'static str = "delta";
 
     fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
@@ -34,7 +33,7 @@ impl Protocol for Delta {
         shared: &Shared,
         s: &Session,
         req: DeltaDiscoveryRequest,
-    ) -> Vec<DeltaDiscoveryResponse> {
+    ) -> Vec<DeltaResponse> {
         let Some(t) = XdsType::from_type_url(&req.type_url) else {
             tracing::info!(proxy = %s.proxy.id, type_url = %req.type_url, "ignoring delta request for an unsupported type");
             return Vec::new();
@@ -88,34 +87,45 @@ impl Protocol for Delta {
         }
         // The first request of a type is always answered, even with nothing to send, so that a
         // client waiting for its initial fetch can go on.
-        respond(shared, s, t, st, first).into_iter().collect()
+        respond(shared, s, t, st, first, None).into_iter().collect()
     }
 
     fn awaiting_answer(&self) -> bool {
         self.types.values().any(DeltaState::awaiting_answer)
     }
 
-    fn on_change(&mut self, shared: &Shared, s: &Session) -> Vec<DeltaDiscoveryResponse> {
+    fn on_change(
+        &mut self,
+        shared: &Shared,
+        s: &Session,
+        eds_changed: Option<&BTreeSet<String>>,
+    ) -> Vec<DeltaResponse> {
         XdsType::ALL
             .into_iter()
             .filter_map(|t| {
                 let st = self.types.get_mut(&t)?;
-                respond(shared, s, t, st, false)
+                let only = eds_changed.filter(|_| t == XdsType::Endpoint);
+                respond(shared, s, t, st, false, only)
             })
             .collect()
     }
 }
 
 /// A response with what the client lacks of `t`, if anything (or always, with `always`).
+/// With `only`, nothing but those names may have changed since the last push.
 fn respond(
     shared: &Shared,
     s: &Session,
     t: XdsType,
     st: &mut DeltaState,
     always: bool,
-) -> Option<DeltaDiscoveryResponse> {
+    only: Option<&BTreeSet<String>>,
+) -> Option<DeltaResponse> {
     let current = s.config.get(t);
-    let changes = st.changes(current);
+    let changes = match only {
+        Some(names) => st.changes_among(current, names),
+        None => st.changes(current),
+    };
     if changes.is_empty() && !always {
         return None;
     }
@@ -127,21 +137,14 @@ fn respond(
         ts.sent_version = Some(current.version.clone());
         ts.pushes += 1;
     });
-    Some(DeltaDiscoveryResponse {
+    Some(DeltaResponse {
         system_version_info: current.version.clone(),
-        resources: changes
-            .resources
-            .into_iter()
-            .map(|r| Resource {
-                name: r.name,
-                version: r.version,
-                resource: Some(r.resource),
-                ..Resource::default()
-            })
-            .collect(),
-        type_url: t.type_url().to_string(),
+        resources: Picked::new(
+            s.config.shared(t).clone(),
+            changes.resources.iter().map(|c| c.index).collect(),
+        ),
+        type_url: t.type_url(),
         removed_resources: changes.removed,
         nonce,
-        ..DeltaDiscoveryResponse::default()
     })
 }

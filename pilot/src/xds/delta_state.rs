@@ -2,7 +2,7 @@
 //! version of each resource it holds, which versions it rejected, and the responses awaiting an
 //! answer. No I/O, so the protocol's rules are tested here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use mesh_proto::discovery::new_nonce;
 
@@ -14,10 +14,28 @@ pub(super) const WILDCARD: &str = "*";
 /// Responses kept for matching ACK/NACKs; older ones are forgotten (Envoy answers in order).
 const MAX_PENDING: usize = 64;
 
+/// A resource to send: its index in the type's resources, name and version.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Changed {
+    pub(super) index: u32,
+    pub(super) name: String,
+    pub(super) version: String,
+}
+
+impl Changed {
+    fn of(index: usize, r: &EncodedResource) -> Changed {
+        Changed {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            name: r.name.clone(),
+            version: r.version.clone(),
+        }
+    }
+}
+
 /// What the client is missing: resources to send and names to remove.
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct Changes {
-    pub(super) resources: Vec<EncodedResource>,
+    pub(super) resources: Vec<Changed>,
     pub(super) removed: Vec<String>,
 }
 
@@ -129,26 +147,53 @@ impl DeltaState {
         let resources = current
             .resources
             .iter()
-            .filter(|r| self.wants(&r.name))
-            .filter(|r| self.known.get(&r.name) != Some(&r.version))
-            .filter(|r| self.nacked.get(&r.name) != Some(&r.version))
-            .cloned()
+            .enumerate()
+            .filter(|(_, r)| self.wants(&r.name))
+            .filter(|(_, r)| self.known.get(&r.name) != Some(&r.version))
+            .filter(|(_, r)| self.nacked.get(&r.name) != Some(&r.version))
+            .map(|(i, r)| Changed::of(i, r))
             .collect();
-        let present: HashSet<&str> = current.resources.iter().map(|r| r.name.as_str()).collect();
-        let mut removed: BTreeSet<&String> = self
-            .known
-            .keys()
-            .filter(|n| !present.contains(n.as_str()))
-            .collect();
+        let present = |n: &str| current.position(n).is_some();
+        let mut removed: BTreeSet<&String> =
+            self.known.keys().filter(|n| !present(n.as_str())).collect();
         removed.extend(self.names.iter().filter(|n| {
-            !present.contains(n.as_str())
-                && !self.known.contains_key(*n)
-                && !self.told_absent.contains(*n)
+            !present(n.as_str()) && !self.known.contains_key(*n) && !self.told_absent.contains(*n)
         }));
         Changes {
             resources,
             removed: removed.into_iter().cloned().collect(),
         }
+    }
+
+    /// [`DeltaState::changes`] when only `names` can differ from what the client was sent.
+    pub(super) fn changes_among(
+        &self,
+        current: &TypeResources,
+        names: &BTreeSet<String>,
+    ) -> Changes {
+        let mut out = Changes::default();
+        for n in names.iter().filter(|n| self.wants(n)) {
+            match current
+                .position(n)
+                .and_then(|i| Some((i, current.resources.get(i)?)))
+            {
+                Some((i, r)) => {
+                    if self.known.get(n) != Some(&r.version)
+                        && self.nacked.get(n) != Some(&r.version)
+                    {
+                        out.resources.push(Changed::of(i, r));
+                    }
+                }
+                None => {
+                    if self.known.contains_key(n)
+                        || (self.names.contains(n) && !self.told_absent.contains(n))
+                    {
+                        out.removed.push(n.clone());
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Records `changes` as sent in a response of `system_version`; returns its nonce.
@@ -307,6 +352,24 @@ mod tests {
         assert!(eds.changes(&v1).is_empty());
         eds.subscribe(XdsType::Endpoint, &s(&[WILDCARD]), &[], &HashMap::new());
         assert_eq!(eds.changes(&v1).resources.len(), 3);
+    }
+
+    #[test]
+    fn changes_among_agrees_with_changes_on_the_named_resources() {
+        let mut st = DeltaState::default();
+        st.subscribe(
+            XdsType::Endpoint,
+            &s(&["a", "b", "c"]),
+            &[],
+            &HashMap::new(),
+        );
+        let v1 = clusters(&[("a", 1), ("b", 1), ("c", 1)]);
+        st.on_send(&v1.version, &st.changes(&v1));
+        let v2 = clusters(&[("a", 2), ("b", 1), ("d", 1)]);
+        let hint: BTreeSet<String> = ["a", "c", "d"].iter().map(|n| n.to_string()).collect();
+        // d is not subscribed; c went away; b did not change (and is not in the hint).
+        assert_eq!(names(&st.changes_among(&v2, &hint)), (vec!["a"], vec!["c"]));
+        assert_eq!(st.changes_among(&v2, &hint), st.changes(&v2));
     }
 
     #[test]

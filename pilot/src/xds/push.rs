@@ -6,8 +6,13 @@
 //! - LDS/RDS depend only on the proxy's [`ProxyKey`] (type, namespace, labels, service
 //!   account): they are computed once per key and push, and kept across a push that only
 //!   changed service instances ([`PushKind::Endpoints`]: Endpoints or Pods).
+//! - An endpoints-only push is incremental: only the services whose instances changed are
+//!   translated again; their clusters and load assignments replace the old ones in the shared
+//!   (already encoded) CDS/EDS, everything else is reused as is. Each such push records which
+//!   load assignments changed, so a stream sends just those ([`PushContext::endpoint_changes_since`]).
+//!   It is debounced for [`EDS_DEBOUNCE_QUIET`] / [`EDS_DEBOUNCE_MAX`] only.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -23,12 +28,22 @@ use crate::metrics::PilotMetrics;
 use crate::model::Registry;
 use crate::translate::{
     Options, ProxyInfo, Skipped, TypeResources, XdsType, translate_proxy, translate_shared,
+    translate_shared_of,
 };
+use mesh_proto::envoy::envoy::config::cluster::v3::Cluster;
+use mesh_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
 /// A push waits for this long without a change before it starts.
 pub const DEBOUNCE_QUIET: Duration = Duration::from_millis(100);
 /// A push starts at most this long after the first change it holds.
 pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
+/// The quiet time of a push holding only endpoint changes.
+pub const EDS_DEBOUNCE_QUIET: Duration = Duration::from_millis(10);
+/// The longest an endpoints-only push waits after its first change.
+pub const EDS_DEBOUNCE_MAX: Duration = Duration::from_millis(100);
+
+/// Endpoint pushes kept for streams that are a few pushes behind; older ones get full EDS.
+const MAX_HISTORY: usize = 64;
 
 /// Collections whose changes only move service instances: their pushes keep LDS/RDS.
 const INSTANCE_KINDS: [Kind; 2] = [Kind::Endpoints, Kind::Pod];
@@ -73,9 +88,22 @@ struct ProxyOutput {
     listeners: Arc<TypeResources>,
     routes: Arc<TypeResources>,
     skipped: Vec<Skipped>,
+    /// Sidecar scoping of the shared CDS/EDS (`None`: the proxy gets them whole).
+    scope: Option<crate::translate::ScopedClusters>,
 }
 
 type Memo = HashMap<ProxyKey, Arc<OnceLock<Arc<ProxyOutput>>>>;
+
+/// A scoped proxy's CDS and EDS in one push.
+type ScopedShared = (Arc<TypeResources>, Arc<TypeResources>);
+
+/// The endpoints-only pushes since the last other push, with the load assignments each changed.
+#[derive(Debug, Default)]
+struct EdsHistory {
+    /// The epoch of the last push that was not incremental.
+    base: u64,
+    changes: Vec<(u64, Arc<BTreeSet<String>>)>,
+}
 
 /// One proxy's encoded config: shared parts behind `Arc`s.
 #[derive(Debug, Clone, Default)]
@@ -89,6 +117,11 @@ pub(super) struct ProxyResources {
 impl ProxyResources {
     /// The resources of `t`.
     pub(super) fn get(&self, t: XdsType) -> &TypeResources {
+        self.shared(t)
+    }
+
+    /// The shared set of resources of `t` (for responses written from it).
+    pub(super) fn shared(&self, t: XdsType) -> &Arc<TypeResources> {
         match t {
             XdsType::Cluster => &self.clusters,
             XdsType::Endpoint => &self.endpoints,
@@ -111,6 +144,9 @@ pub struct PushContext {
     clusters: Arc<TypeResources>,
     endpoints: Arc<TypeResources>,
     per_proxy: Mutex<Memo>,
+    /// Scoped CDS/EDS per key, narrowed once per push.
+    scoped: Mutex<HashMap<ProxyKey, ScopedShared>>,
+    history: Arc<EdsHistory>,
 }
 
 impl std::fmt::Debug for PushContext {
@@ -135,15 +171,39 @@ impl PushContext {
         previous: Option<&PushContext>,
     ) -> PushContext {
         let registry = Arc::new(Registry::from_snapshot(&snapshot, domain_suffix));
-        let (clusters, endpoints) = translate_shared(&registry, options);
-        let clusters = TypeResources::encode(
-            type_url::CLUSTER,
-            clusters.into_iter().map(|c| (c.name.clone(), c)),
-        );
-        let endpoints = TypeResources::encode(
-            type_url::ENDPOINT,
-            endpoints.into_iter().map(|c| (c.cluster_name.clone(), c)),
-        );
+        let incremental = match (kind, previous) {
+            (PushKind::Endpoints, Some(p)) => incremental_shared(p, &registry, options),
+            _ => None,
+        };
+        let (clusters, endpoints, history) = match (incremental, previous) {
+            (Some((clusters, endpoints, changed)), Some(p)) => {
+                let mut changes = p.history.changes.clone();
+                changes.push((epoch, Arc::new(changed)));
+                let history = if changes.len() > MAX_HISTORY {
+                    EdsHistory {
+                        base: epoch,
+                        changes: Vec::new(),
+                    }
+                } else {
+                    EdsHistory {
+                        base: p.history.base,
+                        changes,
+                    }
+                };
+                (clusters, endpoints, history)
+            }
+            _ => {
+                let (clusters, endpoints) = translate_shared(&registry, options);
+                (
+                    Arc::new(encode_clusters(clusters)),
+                    Arc::new(encode_endpoints(endpoints)),
+                    EdsHistory {
+                        base: epoch,
+                        changes: Vec::new(),
+                    },
+                )
+            }
+        };
         let per_proxy = match (kind, previous) {
             (PushKind::Endpoints, Some(p)) => p.per_proxy.lock().clone(),
             _ => Memo::new(),
@@ -155,18 +215,41 @@ impl PushContext {
             snapshot,
             registry,
             options: options.clone(),
-            clusters: Arc::new(clusters),
-            endpoints: Arc::new(endpoints),
+            clusters,
+            endpoints,
             per_proxy: Mutex::new(per_proxy),
+            scoped: Mutex::new(HashMap::new()),
+            history: Arc::new(history),
+        }
+    }
+
+    /// The load assignments changed by the pushes after `epoch` up to this one, when all of
+    /// them were endpoints-only pushes (`None`: anything may have changed).
+    pub fn endpoint_changes_since(&self, epoch: u64) -> Option<Arc<BTreeSet<String>>> {
+        if epoch < self.history.base || epoch > self.epoch {
+            return None;
+        }
+        let mut newer = self.history.changes.iter().filter(|(e, _)| *e > epoch);
+        match (newer.next(), newer.next()) {
+            (None, _) => Some(Arc::default()),
+            (Some((_, one)), None) => Some(one.clone()),
+            (Some((_, a)), Some((_, b))) => {
+                let mut all: BTreeSet<String> = a.iter().chain(b.iter()).cloned().collect();
+                for (_, more) in newer {
+                    all.extend(more.iter().cloned());
+                }
+                Some(Arc::new(all))
+            }
         }
     }
 
     /// `proxy`'s resources, and the VirtualServices left out of them (computed once per key).
     pub(super) fn resources(&self, proxy: &ProxyInfo) -> (ProxyResources, Vec<Skipped>) {
+        let key = ProxyKey::of(proxy);
         let cell = self
             .per_proxy
             .lock()
-            .entry(ProxyKey::of(proxy))
+            .entry(key.clone())
             .or_default()
             .clone();
         let out = cell.get_or_init(|| {
@@ -184,12 +267,31 @@ impl PushContext {
                     routes.into_iter().map(|r| (r.name.clone(), r)),
                 )),
                 skipped,
+                scope: crate::translate::ScopedClusters::for_proxy(
+                    &self.registry,
+                    proxy,
+                    &self.options,
+                ),
             })
         });
+        let (clusters, endpoints) = match &out.scope {
+            Some(scope) => {
+                let hit = self.scoped.lock().get(&key).cloned();
+                match hit {
+                    Some(shared) => shared,
+                    None => {
+                        let (c, e) = scope.apply(&self.clusters, &self.endpoints);
+                        let shared = (Arc::new(c), Arc::new(e));
+                        self.scoped.lock().entry(key).or_insert(shared).clone()
+                    }
+                }
+            }
+            None => (self.clusters.clone(), self.endpoints.clone()),
+        };
         (
             ProxyResources {
-                clusters: self.clusters.clone(),
-                endpoints: self.endpoints.clone(),
+                clusters,
+                endpoints,
                 listeners: out.listeners.clone(),
                 routes: out.routes.clone(),
             },
@@ -201,6 +303,85 @@ impl PushContext {
     pub fn proxy_keys(&self) -> usize {
         self.per_proxy.lock().len()
     }
+}
+
+fn encode_clusters(clusters: Vec<Cluster>) -> TypeResources {
+    TypeResources::encode(
+        type_url::CLUSTER,
+        clusters.into_iter().map(|c| (c.name.clone(), c)),
+    )
+}
+
+fn encode_endpoints(endpoints: Vec<ClusterLoadAssignment>) -> TypeResources {
+    TypeResources::encode(
+        type_url::ENDPOINT,
+        endpoints.into_iter().map(|c| (c.cluster_name.clone(), c)),
+    )
+}
+
+/// The shared CDS/EDS of `reg` out of `previous`'s, translating again only the services whose
+/// instances changed; with the names of the load assignments that changed. `None` when most
+/// services changed (a full translation is as cheap) or a cluster changed too.
+fn incremental_shared(
+    previous: &PushContext,
+    reg: &Registry,
+    options: &Options,
+) -> Option<(Arc<TypeResources>, Arc<TypeResources>, BTreeSet<String>)> {
+    let old = &previous.registry;
+    let mut changed: BTreeSet<&str> = reg
+        .services
+        .iter()
+        .filter(|(k, s)| {
+            old.services
+                .get(*k)
+                .is_none_or(|o| o.instances != s.instances)
+        })
+        .map(|(k, _)| k.as_str())
+        .collect();
+    changed.extend(
+        old.services
+            .keys()
+            .filter(|k| !reg.services.contains_key(*k))
+            .map(String::as_str),
+    );
+    if changed.len() * 2 > reg.services.len().max(1) {
+        return None;
+    }
+    let (clusters, endpoints) =
+        translate_shared_of(reg, options, |s| changed.contains(s.fqdn.as_str()));
+    // Cluster (and load assignment) names end with the service's FQDN.
+    let of_changed = |name: &str| {
+        name.rsplit('|')
+            .next()
+            .is_some_and(|fqdn| name.contains('|') && changed.contains(fqdn))
+    };
+    let (_, cds_changed) = previous
+        .clusters
+        .patch(of_changed, encode_clusters(clusters).resources);
+    if !cds_changed.is_empty() {
+        // A service's SANs changed with its instances: CDS goes out whole to every proxy, so
+        // the push is not incremental for the streams (it waits for the push permits).
+        tracing::debug!(
+            clusters = cds_changed.len(),
+            "endpoints push changed clusters; translating CDS/EDS whole"
+        );
+        return None;
+    }
+    let cds = previous.clusters.clone();
+    let (eds, eds_changed) = previous
+        .endpoints
+        .patch(of_changed, encode_endpoints(endpoints).resources);
+    let eds = if eds_changed.is_empty() {
+        previous.endpoints.clone()
+    } else {
+        Arc::new(eds)
+    };
+    tracing::debug!(
+        services = changed.len(),
+        load_assignments = eds_changed.len(),
+        "incremental endpoints push"
+    );
+    Some((cds, eds, eds_changed))
 }
 
 /// What changed from `old` to `new`.
@@ -225,6 +406,8 @@ pub(super) struct Pusher {
     pub(super) metrics: PilotMetrics,
     pub(super) convergence: Arc<Convergence>,
     pub(super) shutdown: watch::Receiver<bool>,
+    /// Handed each push's registry (the debug endpoints read it from there).
+    pub(super) cache: Option<crate::model::RegistryCache>,
 }
 
 impl Pusher {
@@ -235,15 +418,32 @@ impl Pusher {
                 _ = self.shutdown.changed() => return,
             }
             let first = Instant::now();
-            let latest = first + DEBOUNCE_MAX;
+            // Endpoints-only changes wait less; a config change among them makes it a full push.
+            let (mut kind, mut classified) = self.pending_kind();
+            let mut full = kind == PushKind::Full;
+            let limits = |full: bool| {
+                if full {
+                    (DEBOUNCE_QUIET, first + DEBOUNCE_MAX)
+                } else {
+                    (EDS_DEBOUNCE_QUIET, first + EDS_DEBOUNCE_MAX)
+                }
+            };
+            let (mut quiet_for, mut latest) = limits(full);
             let mut merged = 1u32;
             let mut open = true;
             while open {
-                let quiet = (Instant::now() + DEBOUNCE_QUIET).min(latest);
+                let quiet = (Instant::now() + quiet_for).min(latest);
                 tokio::select! {
                     r = self.snapshots.changed() => {
                         open = r.is_ok();
                         merged += u32::from(open);
+                        if !full {
+                            (kind, classified) = self.pending_kind();
+                            if kind == PushKind::Full {
+                                full = true;
+                                (quiet_for, latest) = limits(true);
+                            }
+                        }
                         if Instant::now() >= latest {
                             break;
                         }
@@ -253,19 +453,35 @@ impl Pusher {
                 }
             }
             let snapshot = self.snapshots.borrow_and_update().clone();
-            self.push(snapshot, first, merged);
+            // Classified already when nothing came since (and a full push stays full).
+            let kind = (full || Arc::ptr_eq(&snapshot, &classified)).then_some(kind);
+            self.push(snapshot, first, merged, kind);
             if !open {
                 return;
             }
         }
     }
 
-    fn push(&self, snapshot: Arc<Snapshot>, changed_at: Instant, merged: u32) {
+    /// The kind of push the latest snapshot would make, and that snapshot.
+    fn pending_kind(&self) -> (PushKind, Arc<Snapshot>) {
+        let published = self.pushes.borrow().snapshot.clone();
+        let latest = self.snapshots.borrow().clone();
+        (classify(&published, &latest), latest)
+    }
+
+    /// Publishes the push of `snapshot`; `kind` when already known.
+    fn push(
+        &self,
+        snapshot: Arc<Snapshot>,
+        changed_at: Instant,
+        merged: u32,
+        kind: Option<PushKind>,
+    ) {
         let previous = self.pushes.borrow().clone();
         if Arc::ptr_eq(&previous.snapshot, &snapshot) {
             return;
         }
-        let kind = classify(&previous.snapshot, &snapshot);
+        let kind = kind.unwrap_or_else(|| classify(&previous.snapshot, &snapshot));
         let started = std::time::Instant::now();
         let next = PushContext::build(
             previous.epoch + 1,
@@ -286,6 +502,9 @@ impl Pusher {
             build_seconds = secs,
             "push"
         );
+        if let Some(cache) = &self.cache {
+            cache.offer(&next.snapshot, &next.registry);
+        }
         self.convergence.begin(next.epoch, changed_at);
         self.pushes.send_replace(Arc::new(next));
     }
@@ -366,6 +585,7 @@ mod tests {
                 0.001, 2.0, 4,
             )))),
             shutdown: stop_rx,
+            cache: None,
         };
         tokio::spawn(p.run());
         (snap_tx, push_rx, stop_tx)
@@ -422,6 +642,130 @@ mod tests {
         assert_eq!(pushes.borrow_and_update().epoch, 3);
         assert!(Instant::now() - start < 2 * DEBOUNCE_MAX + Duration::from_millis(120));
         let _snaps = writer.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoints_only_change_is_pushed_after_the_short_debounce() {
+        let (snaps, mut pushes, _stop) = pusher();
+        pushes.borrow_and_update();
+        let start = Instant::now();
+        snaps.send_replace(Arc::new(Snapshot::from_objects([
+            service("a", 80),
+            endpoints("a", "10.0.0.9"),
+        ])));
+        pushes.changed().await.unwrap();
+        let push = pushes.borrow_and_update().clone();
+        assert_eq!(push.kind, PushKind::Endpoints);
+        let waited = Instant::now() - start;
+        assert!(
+            waited >= EDS_DEBOUNCE_QUIET && waited < DEBOUNCE_QUIET,
+            "{waited:?}"
+        );
+        // An endpoints change followed by a config change is one full push, debounced fully.
+        let start = Instant::now();
+        snaps.send_replace(Arc::new(Snapshot::from_objects([
+            service("a", 80),
+            endpoints("a", "10.0.0.8"),
+        ])));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        snaps.send_replace(Arc::new(Snapshot::from_objects([
+            service("a", 81),
+            endpoints("a", "10.0.0.8"),
+        ])));
+        pushes.changed().await.unwrap();
+        let push = pushes.borrow_and_update().clone();
+        assert_eq!(push.kind, PushKind::Full);
+        assert!(Instant::now() - start >= DEBOUNCE_QUIET);
+    }
+
+    #[test]
+    fn endpoints_push_translates_only_changed_services() {
+        let base = Snapshot::from_objects([
+            service("a", 80),
+            endpoints("a", "10.0.0.1"),
+            service("b", 80),
+            endpoints("b", "10.0.1.1"),
+        ]);
+        let moved = Snapshot::from_objects([
+            service("a", 80),
+            endpoints("a", "10.0.0.2"),
+            service("b", 80),
+            endpoints("b", "10.0.1.1"),
+        ]);
+        let now = Instant::now();
+        let build = |epoch, kind, snap: &Snapshot, prev: Option<&PushContext>| {
+            PushContext::build(
+                epoch,
+                kind,
+                now,
+                Arc::new(snap.clone()),
+                "cluster.local",
+                &options(),
+                prev,
+            )
+        };
+        let p1 = build(1, PushKind::Full, &base, None);
+        let p2 = build(2, PushKind::Endpoints, &moved, Some(&p1));
+        assert!(Arc::ptr_eq(&p1.clusters, &p2.clusters), "CDS kept");
+        let a = "outbound|80||a.default.svc.cluster.local";
+        let b = "outbound|80||b.default.svc.cluster.local";
+        let changed = p2.endpoint_changes_since(1).unwrap();
+        assert_eq!(changed.iter().collect::<Vec<_>>(), vec![a]);
+        assert!(p2.endpoint_changes_since(2).unwrap().is_empty());
+        assert_eq!(p1.endpoints.get(b), p2.endpoints.get(b));
+        assert_ne!(p1.endpoints.get(a), p2.endpoints.get(a));
+        // The same as translating everything again.
+        let whole = build(2, PushKind::Full, &moved, None);
+        assert_eq!(*whole.endpoints, *p2.endpoints);
+        assert_eq!(*whole.clusters, *p2.clusters);
+        // Two endpoint pushes: a stream two behind gets the union; a full push resets.
+        let back = build(3, PushKind::Endpoints, &base, Some(&p2));
+        assert_eq!(back.endpoint_changes_since(1).unwrap().len(), 1);
+        assert_eq!(back.endpoint_changes_since(2).unwrap().len(), 1);
+        let full = build(4, PushKind::Full, &moved, Some(&back));
+        assert!(full.endpoint_changes_since(3).is_none());
+        assert!(full.endpoint_changes_since(4).unwrap().is_empty());
+    }
+
+    #[test]
+    fn endpoints_push_changing_clusters_is_not_incremental() {
+        let with_sa = |sa: &str| {
+            let objs: Vec<ConfigObject> = [
+                serde_json::json!({"apiVersion": "v1", "kind": "Endpoints",
+                    "metadata": {"name": "a", "namespace": "default"},
+                    "subsets": [{"addresses": [{"ip": "10.0.0.1", "targetRef": {"kind": "Pod", "name": "a-1"}}],
+                        "ports": [{"name": "http", "port": 9080}]}]}),
+                serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "a-1", "namespace": "default"},
+                    "spec": {"serviceAccountName": sa}}),
+            ]
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .chain([service("a", 80)])
+            .collect();
+            Arc::new(Snapshot::from_objects(objs))
+        };
+        let (one, two) = (with_sa("one"), with_sa("two"));
+        assert_eq!(classify(&one, &two), PushKind::Endpoints);
+        let now = Instant::now();
+        let o = options();
+        let p1 = PushContext::build(1, PushKind::Full, now, one, "cluster.local", &o, None);
+        let p2 = PushContext::build(
+            2,
+            PushKind::Endpoints,
+            now,
+            two.clone(),
+            "cluster.local",
+            &o,
+            Some(&p1),
+        );
+        assert!(
+            p2.endpoint_changes_since(1).is_none(),
+            "SANs changed: not incremental"
+        );
+        assert_ne!(p1.clusters.version, p2.clusters.version);
+        let whole = PushContext::build(2, PushKind::Full, now, two, "cluster.local", &o, None);
+        assert_eq!(*whole.clusters, *p2.clusters);
     }
 
     #[test]

@@ -17,9 +17,12 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convergence::Convergence;
 use super::delta::Delta;
 use super::push::{PushContext, PushKind, Pusher};
+use super::service::AdsService;
 use super::sotw::Sotw;
 use super::status::SyncStatus;
 use super::stream;
+use super::tls::XdsPeer;
+use super::wire::{DeltaResponse, SotwResponse};
 use crate::metrics::PilotMetrics;
 use crate::model::RegistryCache;
 use crate::translate::Options;
@@ -34,6 +37,10 @@ pub(super) struct Shared {
     pub(super) metrics: PilotMetrics,
     pub(super) status: SyncStatus,
     pub(super) shutdown: watch::Receiver<bool>,
+    /// The SotW resource-name lists of every stream, one copy per distinct list.
+    pub(super) names: super::names::NameInterner,
+    /// SotW selections shared by the streams naming the same resources.
+    pub(super) selections: super::sotw::Selections,
     next_stream: AtomicU64,
 }
 
@@ -78,6 +85,7 @@ impl AdsServer {
             &options,
             None,
         );
+        registry.offer(&first.snapshot, &first.registry);
         let (push_tx, push_rx) = watch::channel(Arc::new(first));
         let convergence = Arc::new(Convergence::new(metrics.convergence_time.clone()));
         let pusher = Pusher {
@@ -88,6 +96,7 @@ impl AdsServer {
             metrics: metrics.clone(),
             convergence: convergence.clone(),
             shutdown: shutdown.clone(),
+            cache: Some(registry.clone()),
         };
         tokio::spawn(pusher.run());
         AdsServer {
@@ -100,6 +109,8 @@ impl AdsServer {
                 metrics,
                 status,
                 shutdown,
+                names: super::names::NameInterner::default(),
+                selections: super::sotw::Selections::default(),
                 next_stream: AtomicU64::new(0),
             }),
         }
@@ -110,41 +121,88 @@ impl AdsServer {
         self.shared.pushes.clone()
     }
 
-    /// The tonic service to mount.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
+    /// The tonic service to mount (responses written from the shared encoded resources).
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
+    }
+
+    /// The generated service over the decoded messages (each response decoded again: for
+    /// wrappers that need the generated trait; [`AdsServer::into_service`] is the fast one).
+    pub fn into_generated_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
         AggregatedDiscoveryServiceServer::new(self)
+    }
+
+    /// Serves a SotW stream.
+    pub(super) fn sotw(
+        &self,
+        request: Request<impl Requests<DiscoveryRequest>>,
+    ) -> Response<ReceiverStream<Result<SotwResponse, Status>>> {
+        let (tx, rx) = mpsc::channel(16);
+        let peer = request.extensions().get::<XdsPeer>().cloned();
+        tokio::spawn(stream::serve::<Sotw>(
+            self.shared.clone(),
+            peer,
+            request.into_inner(),
+            tx,
+        ));
+        Response::new(ReceiverStream::new(rx))
+    }
+
+    /// Serves a Delta stream.
+    pub(super) fn delta(
+        &self,
+        request: Request<impl Requests<DeltaDiscoveryRequest>>,
+    ) -> Response<ReceiverStream<Result<DeltaResponse, Status>>> {
+        let (tx, rx) = mpsc::channel(16);
+        let peer = request.extensions().get::<XdsPeer>().cloned();
+        tokio::spawn(stream::serve::<Delta>(
+            self.shared.clone(),
+            peer,
+            request.into_inner(),
+            tx,
+        ));
+        Response::new(ReceiverStream::new(rx))
     }
 }
 
+/// A stream of decoded requests.
+pub(super) trait Requests<T>:
+    tokio_stream::Stream<Item = Result<T, Status>> + Unpin + Send + 'static
+{
+}
+
+impl<T, S> Requests<T> for S where
+    S: tokio_stream::Stream<Item = Result<T, Status>> + Unpin + Send + 'static
+{
+}
+
+type Decoded<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type StreamAggregatedResourcesStream = Decoded<DiscoveryResponse>;
 
     async fn stream_aggregated_resources(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(stream::serve::<Sotw>(
-            self.shared.clone(),
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        use tokio_stream::StreamExt;
+        let stream = self.sotw(request).into_inner();
+        Ok(Response::new(Box::pin(
+            stream.map(|r| r.map(|r| r.decoded())),
+        )))
     }
 
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = Decoded<DeltaDiscoveryResponse>;
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(stream::serve::<Delta>(
-            self.shared.clone(),
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        use tokio_stream::StreamExt;
+        let stream = self.delta(request).into_inner();
+        Ok(Response::new(Box::pin(
+            stream.map(|r| r.map(|r| r.decoded())),
+        )))
     }
 }

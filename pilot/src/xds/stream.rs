@@ -2,11 +2,13 @@
 //! translated config ([`Session`]), and the stream loop (requests, snapshot changes, shutdown,
 //! connect/disconnect bookkeeping). A [`Protocol`] only turns events into responses.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use mesh_proto::envoy::envoy::config::core::v3::Node;
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
 
 use super::push::{ProxyResources, PushContext};
 use tokio::sync::OwnedSemaphorePermit;
@@ -40,8 +42,14 @@ pub(super) trait Protocol: Default + Send + 'static {
         req: Self::Request,
     ) -> Vec<Self::Response>;
 
-    /// The proxy's config was recomputed: push what changed, in push order.
-    fn on_change(&mut self, shared: &Shared, session: &Session) -> Vec<Self::Response>;
+    /// The proxy's config was recomputed: push what changed, in push order. `eds_changed`,
+    /// when known, holds every load assignment that may have changed (nothing else did).
+    fn on_change(
+        &mut self,
+        shared: &Shared,
+        session: &Session,
+        eds_changed: Option<&BTreeSet<String>>,
+    ) -> Vec<Self::Response>;
 
     /// Whether a response sent is still waiting for the client's ACK or NACK.
     fn awaiting_answer(&self) -> bool;
@@ -79,15 +87,10 @@ impl Session {
         })
     }
 
-    /// Recomputes the config from the newest push; `false` when it was computed already.
-    fn refresh(&mut self, shared: &Shared) -> bool {
-        let push = shared.pushes.borrow().clone();
-        if push.epoch == self.epoch {
-            return false;
-        }
-        self.config = compute(shared, &push, &self.proxy);
+    /// Recomputes the config from `push`.
+    fn refresh(&mut self, shared: &Shared, push: &PushContext) {
+        self.config = compute(shared, push, &self.proxy);
         self.epoch = push.epoch;
-        true
     }
 
     fn close(self, shared: &Shared) {
@@ -109,9 +112,12 @@ fn compute(shared: &Shared, push: &PushContext, proxy: &ProxyInfo) -> ProxyResou
 }
 
 /// Serves one stream with protocol `P` until the client goes away or Pilot shuts down.
+/// On an mTLS stream `peer` is the client's verified identity; its namespace must be the
+/// proxy's.
 pub(super) async fn serve<P: Protocol>(
     shared: Arc<Shared>,
-    mut requests: Streaming<P::Request>,
+    peer: Option<super::tls::XdsPeer>,
+    mut requests: impl Stream<Item = Result<P::Request, Status>> + Unpin,
     tx: mpsc::Sender<Result<P::Response, Status>>,
 ) {
     let stream = shared.next_stream();
@@ -128,8 +134,15 @@ pub(super) async fn serve<P: Protocol>(
         let mut started = None;
         let hold_until = permit.as_ref().map(|(_, until)| *until);
         let out = tokio::select! {
-            req = requests.message() => match req {
-                Ok(Some(req)) => {
+            req = requests.next() => match req {
+                Some(Ok(req)) => {
+                    if session.is_none()
+                        && let Some(peer) = &peer
+                        && let Err(status) = super::tls::authorize(peer, P::node(&req))
+                    {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
                     if session.is_none() {
                         match Session::open(&shared, stream, P::node(&req), P::NAME) {
                             Ok(s) => {
@@ -146,8 +159,8 @@ pub(super) async fn serve<P: Protocol>(
                     let Some(s) = session.as_ref() else { break };
                     protocol.on_request(&shared, s, req)
                 }
-                Ok(None) => break,
-                Err(e) => {
+                None => break,
+                Some(Err(e)) => {
                     tracing::debug!(stream, error = %e, "ADS stream error");
                     break;
                 }
@@ -159,20 +172,26 @@ pub(super) async fn serve<P: Protocol>(
                     continue;
                 }
                 let Some(s) = session.as_mut() else { continue };
-                if permit.is_none() {
+                let mut push = shared.pushes.borrow().clone();
+                if push.epoch == s.epoch {
+                    continue;
+                }
+                // Endpoint-only changes are small: they skip the queue of full pushes.
+                let mut eds_changed = push.endpoint_changes_since(s.epoch);
+                if permit.is_none() && eds_changed.is_none() {
                     tokio::select! {
                         p = shared.push_permits.clone().acquire_owned() => {
                             permit = p.ok().map(|p| (p, Instant::now() + PUSH_HOLD));
                         }
                         _ = shutdown.changed() => break,
                     }
+                    push = shared.pushes.borrow().clone();
+                    eds_changed = push.endpoint_changes_since(s.epoch);
                 }
                 started = Some(std::time::Instant::now());
-                if !s.refresh(&shared) {
-                    continue;
-                }
+                s.refresh(&shared, &push);
                 owed = Some(s.epoch);
-                protocol.on_change(&shared, s)
+                protocol.on_change(&shared, s, eds_changed.as_deref())
             }
             _ = tokio::time::sleep_until(hold_until.unwrap_or_else(Instant::now)), if hold_until.is_some() => {
                 tracing::debug!(stream, "proxy slow to answer a push; permit released");

@@ -418,3 +418,77 @@ async fn endpoint_change_elsewhere_is_not_pushed_and_convergence_is_measured() {
     assert!(histogram_count(&h.metrics.push_time) >= 2);
     h.stop.send_replace(true);
 }
+
+#[tokio::test]
+async fn sotw_endpoint_push_sends_only_changed_load_assignments() {
+    let h = start_with(with_ratings(objects(false, false), "10.1.0.1")).await;
+    let mut c = Client::connect(h.addr).await;
+    let reviews = format!("outbound|9080||{REVIEWS}");
+    let ratings = "outbound|9080||ratings.default.svc.cluster.local".to_string();
+    c.send(type_url::CLUSTER, &[], "", "", None).await;
+    let cds = c.recv().await;
+    c.ack(&cds, &[]).await;
+    c.send(type_url::ENDPOINT, &[&ratings, &reviews], "", "", None)
+        .await;
+    let eds = c.recv().await;
+    assert_eq!(eds.resources.len(), 2);
+    c.ack(&eds, &[&ratings, &reviews]).await;
+    c.send(type_url::ROUTE, &["http_proxy"], "", "", None).await;
+    let rds = c.recv().await;
+    c.ack(&rds, &["http_proxy"]).await;
+    poll_until("ACKs recorded", || {
+        h.status.list().first().is_some_and(|p| {
+            p.types.len() == 3
+                && p.types
+                    .values()
+                    .all(|t| t.acked_version.is_some() && t.acked_version == t.sent_version)
+        })
+    })
+    .await;
+
+    // Ratings moves: one EDS response with just ratings' assignment; CDS is not re-sent.
+    h.snapshots
+        .send_replace(Arc::new(Snapshot::from_objects(with_ratings(
+            objects(false, false),
+            "10.1.0.2",
+        ))));
+    let eds2 = c.recv().await;
+    assert_eq!(eds2.type_url, type_url::ENDPOINT);
+    assert_ne!(eds2.version_info, eds.version_info);
+    let names: Vec<String> = eds2
+        .resources
+        .iter()
+        .map(|a| {
+            ClusterLoadAssignment::decode(a.value.as_slice())
+                .unwrap()
+                .cluster_name
+        })
+        .collect();
+    assert_eq!(names, vec![ratings.clone()]);
+    c.ack(&eds2, &[&ratings, &reviews]).await;
+
+    // A VirtualService change: RDS is pushed, EDS (unchanged for this proxy) is not re-sent.
+    h.snapshots
+        .send_replace(Arc::new(Snapshot::from_objects(with_ratings(
+            objects(false, true),
+            "10.1.0.2",
+        ))));
+    let rds2 = c.recv().await;
+    assert_eq!(rds2.type_url, type_url::ROUTE);
+    c.ack(&rds2, &["http_proxy"]).await;
+
+    // A names change still gets the whole selection.
+    c.send(
+        type_url::ENDPOINT,
+        &[&reviews],
+        &eds2.version_info,
+        &eds2.nonce,
+        None,
+    )
+    .await;
+    let eds3 = c.recv().await;
+    assert_eq!(eds3.type_url, type_url::ENDPOINT);
+    assert_eq!(eds3.resources.len(), 1);
+    assert_eq!(endpoint_count(&eds3), 1);
+    h.stop.send_replace(true);
+}
