@@ -1,6 +1,7 @@
 //! Check: decode the bag, fill in workload attributes, evaluate the rules, answer a
 //! precondition (allow, or the status of the denier that matched) with the attributes read.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -12,9 +13,9 @@ use mesh_proto::istio::mixer::v1::referenced_attributes::{AttributeMatch, Condit
 use mesh_proto::istio::mixer::v1::{CheckRequest, CheckResponse, ReferencedAttributes};
 
 use crate::adapter::{Adapter, Verdict, code_name};
-use crate::config::Policy;
-use crate::config::policy::DEFAULT_CONFIG_NAMESPACE;
-use crate::expr::{Reference, evaluate, evaluate_value};
+use crate::config::policy::{CompiledRule, DEFAULT_CONFIG_NAMESPACE};
+use crate::config::{Policy, Workload};
+use crate::expr::{Attributes, Read, Reference, eval_bool_reads, eval_value_reads};
 
 /// How long a client may reuse an answer that no adapter limited.
 pub const DEFAULT_VALID_DURATION: Duration = Duration::from_secs(60);
@@ -109,12 +110,12 @@ pub fn check_with_quotas(policy: &Policy, req: &CheckRequest) -> Result<Checked,
         None => Bag::new(),
     };
     mesh_proto::attributes::check_types(&bag)?;
-    let names: BTreeSet<&str> = req.quotas.keys().map(String::as_str).collect();
-    let (d, calls) = decide_with_quotas(policy, &bag, &names);
+    let attrs = CheckAttributes::new(policy, &bag);
+    let mut o = decide_reads(policy, &attrs, |name| req.quotas.contains_key(name));
     let mut quotas = HashMap::new();
-    if d.code == 0 {
+    if o.code == 0 {
         for (name, q) in &req.quotas {
-            if calls.iter().any(|c| &c.quota == name) {
+            if o.calls.iter().any(|c| &c.quota == name) {
                 continue;
             }
             quotas.insert(
@@ -131,20 +132,20 @@ pub fn check_with_quotas(policy: &Policy, req: &CheckRequest) -> Result<Checked,
     let response = CheckResponse {
         precondition: Some(PreconditionResult {
             status: Some(RpcStatus {
-                code: d.code,
-                message: d.message.clone(),
+                code: o.code,
+                message: std::mem::take(&mut o.message),
                 details: Vec::new(),
             }),
-            valid_duration: Some(proto_duration(d.valid_duration)),
-            valid_use_count: d.valid_use_count,
-            referenced_attributes: Some(referenced(&d.references)),
+            valid_duration: Some(proto_duration(o.valid_duration)),
+            valid_use_count: o.valid_use_count,
+            referenced_attributes: Some(referenced_reads(&mut o.reads)),
             route_directive: None,
         }),
         quotas,
     };
     Ok(Checked {
         response,
-        quota_calls: if d.code == 0 { calls } else { Vec::new() },
+        quota_calls: if o.code == 0 { o.calls } else { Vec::new() },
     })
 }
 
@@ -155,28 +156,115 @@ pub(crate) fn proto_duration(d: Duration) -> prost_types::Duration {
     }
 }
 
+/// The attributes a Check's rules read: what the client sent and, where it sent nothing, the
+/// workload attributes of the pods its `source.uid`/`destination.uid` name and `source.user`
+/// from `source.principal` — what [`with_workload_attributes`] adds, without copying the bag.
+pub struct CheckAttributes<'a> {
+    sent: &'a Bag,
+    source: Option<&'a Workload>,
+    destination: Option<&'a Workload>,
+    /// `source.user`, made on first read.
+    source_user: OnceCell<Option<Value>>,
+}
+
+impl<'a> CheckAttributes<'a> {
+    pub fn new(policy: &'a Policy, sent: &'a Bag) -> Self {
+        let side = |uid_attr: &str| {
+            sent.get_string(uid_attr)
+                .and_then(|uid| policy.workload_by_uid(uid))
+        };
+        CheckAttributes {
+            sent,
+            source: side("source.uid"),
+            destination: side("destination.uid"),
+            source_user: OnceCell::new(),
+        }
+    }
+
+    /// A generated attribute and the client attribute it came from.
+    fn generated(&self, name: &str) -> Option<(&Value, &'static str)> {
+        if name == "source.user" {
+            let user = self.source_user.get_or_init(|| {
+                self.sent.get_string("source.principal").map(|p| {
+                    // The older name of the peer identity (`cluster.local/ns/N/sa/S`).
+                    Value::String(p.strip_prefix("spiffe://").unwrap_or(p).to_string())
+                })
+            });
+            return user.as_ref().map(|v| (v, "source.principal"));
+        }
+        let (workload, field, uid) = if let Some(f) = name.strip_prefix("destination.") {
+            (self.destination?, f, "destination.uid")
+        } else if let Some(f) = name.strip_prefix("source.") {
+            (self.source?, f, "source.uid")
+        } else {
+            return None;
+        };
+        let value = match field {
+            "labels" => &workload.labels,
+            "name" => &workload.name,
+            "namespace" => &workload.namespace,
+            "service_account_name" => workload.service_account.as_ref()?,
+            _ => return None,
+        };
+        Some((value, uid))
+    }
+
+    /// A read as the client must key its cache: a generated attribute is the uid (or principal)
+    /// it was derived from.
+    fn client_read(&self, r: Read<'a>) -> Read<'a> {
+        if self.sent.contains(r.name) {
+            return r;
+        }
+        match self.generated(r.name) {
+            Some((_, origin)) => Read {
+                name: origin,
+                map_key: None,
+                present: true,
+            },
+            None => r,
+        }
+    }
+}
+
+impl Attributes for CheckAttributes<'_> {
+    fn attribute(&self, name: &str) -> Option<&Value> {
+        self.sent
+            .get(name)
+            .or_else(|| self.generated(name).map(|(v, _)| v))
+    }
+}
+
 /// The rules that apply to `bag` (namespace scope and `match`), by index; what was read is
 /// added to `refs`.
 pub fn matching_rules(policy: &Policy, bag: &Bag, refs: &mut Vec<Reference>) -> Vec<usize> {
+    let mut reads = Vec::new();
+    let mut out = Vec::new();
+    matching_rules_reads(policy, bag, &mut reads, &mut out);
+    refs.extend(reads.iter().map(Read::to_reference));
+    out
+}
+
+/// [`matching_rules`] over any attributes, recording borrowed reads.
+fn matching_rules_reads<'a, B: Attributes + ?Sized>(
+    policy: &'a Policy,
+    bag: &'a B,
+    reads: &mut Vec<Read<'a>>,
+    out: &mut Vec<usize>,
+) {
     let scoped = policy
         .rules
         .iter()
         .any(|r| r.namespace != DEFAULT_CONFIG_NAMESPACE);
     let dest_ns = if scoped {
-        destination_namespace(bag, refs)
+        destination_namespace(bag, reads)
     } else {
         None
     };
-    let mut out = Vec::new();
     for (i, rule) in policy.rules.iter().enumerate() {
-        if rule.namespace != DEFAULT_CONFIG_NAMESPACE
-            && dest_ns.as_deref() != Some(rule.namespace.as_str())
-        {
+        if rule.namespace != DEFAULT_CONFIG_NAMESPACE && dest_ns != Some(rule.namespace.as_str()) {
             continue;
         }
-        let ev = evaluate(&rule.matcher, bag);
-        refs.extend(ev.references);
-        match ev.result {
+        match eval_bool_reads(&rule.matcher, bag, reads) {
             Ok(true) => out.push(i),
             Ok(false) => {}
             Err(e) => {
@@ -184,7 +272,6 @@ pub fn matching_rules(policy: &Policy, bag: &Bag, refs: &mut Vec<Reference>) -> 
             }
         }
     }
-    out
 }
 
 /// Evaluates every rule that applies to `bag`'s destination.
@@ -200,52 +287,84 @@ pub fn decide_with_quotas(
     sent: &Bag,
     quotas: &BTreeSet<&str>,
 ) -> (Decision, Vec<QuotaCall>) {
-    let (bag, generated) = with_workload_attributes(policy, sent);
-    let mut refs: Vec<Reference> = Vec::new();
-    let mut decision = Decision {
+    let attrs = CheckAttributes::new(policy, sent);
+    let o = decide_reads(policy, &attrs, |name| quotas.contains(name));
+    let decision = Decision {
+        code: o.code,
+        message: o.message,
+        valid_duration: o.valid_duration,
+        valid_use_count: o.valid_use_count,
+        references: o.reads.iter().map(Read::to_reference).collect(),
+    };
+    (decision, o.calls)
+}
+
+/// A decision with the reads (in the client's terms) borrowed from the policy.
+struct Outcome<'a> {
+    code: i32,
+    message: String,
+    valid_duration: Duration,
+    valid_use_count: i32,
+    reads: Vec<Read<'a>>,
+    calls: Vec<QuotaCall>,
+}
+
+impl Outcome<'_> {
+    fn apply(&mut self, v: Verdict, rule: &CompiledRule, handler: &str) {
+        self.valid_duration = self.valid_duration.min(v.valid_duration);
+        self.valid_use_count = self.valid_use_count.min(v.valid_use_count);
+        if v.code != 0 && self.code == 0 {
+            self.code = v.code;
+            self.message = format!("{}:{}:{}", code_name(v.code), handler, v.message);
+            tracing::debug!(rule = %rule.key, handler = %handler, code = v.code, "check denied");
+        }
+    }
+}
+
+/// The Check decision over `attrs`; `requested` says which quota names the request asks for.
+fn decide_reads<'a>(
+    policy: &'a Policy,
+    attrs: &'a CheckAttributes<'a>,
+    requested: impl Fn(&str) -> bool,
+) -> Outcome<'a> {
+    let mut o = Outcome {
         code: 0,
         message: String::new(),
         valid_duration: DEFAULT_VALID_DURATION,
         valid_use_count: DEFAULT_VALID_USE_COUNT,
-        references: BTreeSet::new(),
+        reads: Vec::with_capacity(16),
+        calls: Vec::new(),
     };
-    let mut calls = Vec::new();
-    let mut denied = false;
-    let rules = matching_rules(policy, &bag, &mut refs);
-    let match_refs: BTreeSet<Reference> = refs.iter().cloned().collect();
+    let mut rules = Vec::new();
+    matching_rules_reads(policy, attrs, &mut o.reads, &mut rules);
+    let matched = o.reads.len();
     for ri in rules {
         let rule = &policy.rules[ri];
         for (ai, action) in rule.actions.iter().enumerate() {
-            let verdicts: Vec<Verdict> = match &action.adapter {
-                Adapter::Denier(p) => vec![p.check()],
-                Adapter::List(p) => action
-                    .instances
-                    .iter()
-                    .map(|inst| {
+            match &action.adapter {
+                Adapter::Denier(p) => o.apply(p.check(), rule, &action.handler),
+                Adapter::List(p) => {
+                    for inst in &action.instances {
                         let value = inst.value.as_ref().and_then(|e| {
-                            let ev = evaluate_value(e, &bag);
-                            refs.extend(ev.references);
-                            ev.result
+                            eval_value_reads(e, attrs, &mut o.reads)
                                 .map_err(|err| {
                                     tracing::debug!(instance = %inst.key, error = %err, "instance value not evaluated");
                                 })
                                 .ok()
                         });
-                        p.check(value.as_ref())
-                    })
-                    .collect(),
+                        o.apply(p.check(value.as_ref()), rule, &action.handler);
+                    }
+                }
                 Adapter::MemQuota(_) | Adapter::RedisQuota(_) => {
                     for inst in &action.instances {
-                        if !quotas.contains(inst.short_name()) {
+                        if !requested(inst.short_name()) {
                             continue;
                         }
-                        let mut call_refs = match_refs.clone();
+                        let mut call_reads: Vec<Read<'a>> = o.reads[..matched].to_vec();
                         let mut dimensions = BTreeMap::new();
                         let mut ok = true;
                         for (name, e) in &inst.dimensions {
-                            let ev = evaluate_value(e, &bag);
-                            call_refs.extend(ev.references);
-                            match ev.result {
+                            match eval_value_reads(e, attrs, &mut call_reads) {
                                 Ok(v) => {
                                     dimensions.insert(
                                         name.clone(),
@@ -259,80 +378,65 @@ pub fn decide_with_quotas(
                             }
                         }
                         if ok {
-                            calls.push(QuotaCall {
+                            o.calls.push(QuotaCall {
                                 quota: inst.short_name().to_string(),
                                 rule: ri,
                                 action: ai,
                                 instance: inst.full_name(),
                                 dimensions,
-                                references: call_refs
+                                references: call_reads
                                     .into_iter()
-                                    .map(|r| client_reference(&generated, r))
+                                    .map(|r| attrs.client_read(r).to_reference())
                                     .collect(),
                             });
                         }
                     }
-                    Vec::new()
                 }
-                Adapter::Prometheus(_) | Adapter::Ignored { .. } => Vec::new(),
-            };
-            for v in verdicts {
-                decision.valid_duration = decision.valid_duration.min(v.valid_duration);
-                decision.valid_use_count = decision.valid_use_count.min(v.valid_use_count);
-                if v.code != 0 && !denied {
-                    denied = true;
-                    decision.code = v.code;
-                    decision.message =
-                        format!("{}:{}:{}", code_name(v.code), action.handler, v.message);
-                    tracing::debug!(rule = %rule.key, handler = %action.handler, code = v.code, "check denied");
-                }
+                Adapter::Prometheus(_)
+                | Adapter::Stdio(_)
+                | Adapter::OpenTelemetry(_)
+                | Adapter::Ignored { .. } => {}
             }
         }
     }
-    decision.references = refs
-        .into_iter()
-        .map(|r| client_reference(&generated, r))
-        .collect();
-    (decision, calls)
-}
-
-/// A generated attribute was derived from a uid the client sent: that uid is the reference.
-fn client_reference(generated: &HashMap<String, String>, r: Reference) -> Reference {
-    match generated.get(&r.name) {
-        Some(uid) => Reference {
-            name: uid.clone(),
-            map_key: None,
-            present: true,
-        },
-        None => r,
+    for r in &mut o.reads {
+        *r = attrs.client_read(*r);
     }
+    o
 }
 
 /// The destination's namespace: from `destination.service.host` (`name.ns.svc...`), else
 /// `destination.namespace`.
-fn destination_namespace(bag: &Bag, refs: &mut Vec<Reference>) -> Option<String> {
-    let host = bag.get_string("destination.service.host");
-    refs.push(Reference {
-        name: "destination.service.host".into(),
+fn destination_namespace<'a, B: Attributes + ?Sized>(
+    bag: &'a B,
+    reads: &mut Vec<Read<'a>>,
+) -> Option<&'a str> {
+    let string = |v: &'a Value| match v {
+        Value::String(s) => Some(s.as_str()),
+        _ => None,
+    };
+    let host = bag.attribute("destination.service.host").and_then(string);
+    reads.push(Read {
+        name: "destination.service.host",
         map_key: None,
         present: host.is_some(),
     });
     if let Some(ns) = host.and_then(|h| h.split('.').nth(1)) {
-        return Some(ns.to_string());
+        return Some(ns);
     }
-    let ns = bag.get_string("destination.namespace");
-    refs.push(Reference {
-        name: "destination.namespace".into(),
+    let ns = bag.attribute("destination.namespace").and_then(string);
+    reads.push(Read {
+        name: "destination.namespace",
         map_key: None,
         present: ns.is_some(),
     });
-    ns.map(str::to_string)
+    ns
 }
 
 /// Fills `source.*`/`destination.*` `labels`, `name`, `namespace`, `service_account_name`
 /// from the pod named by the `.uid` attribute, where the client did not send them (what Istio's
 /// kubernetesenv adapter does), and `source.user` from `source.principal`. Returns the bag and, per generated attribute, the uid attribute
-/// it came from.
+/// it came from. (Check reads the same attributes through [`CheckAttributes`] without copying.)
 pub fn with_workload_attributes(policy: &Policy, sent: &Bag) -> (Bag, HashMap<String, String>) {
     let mut bag = sent.clone();
     let mut generated = HashMap::new();
@@ -382,37 +486,45 @@ pub fn with_workload_attributes(policy: &Policy, sent: &Bag) -> (Bag, HashMap<St
 /// Encodes references: names and map keys by global index or response word, EXACT when the
 /// attribute was present, ABSENCE when not.
 pub fn referenced(refs: &BTreeSet<Reference>) -> ReferencedAttributes {
+    let mut reads: Vec<Read<'_>> = refs
+        .iter()
+        .map(|r| Read {
+            name: &r.name,
+            map_key: r.map_key.as_deref(),
+            present: r.present,
+        })
+        .collect();
+    referenced_reads(&mut reads)
+}
+
+/// [`referenced`] over reads (sorted and deduplicated here).
+fn referenced_reads(reads: &mut Vec<Read<'_>>) -> ReferencedAttributes {
+    reads.sort_unstable();
+    // An attribute both present and absent cannot happen in one bag; keep the first.
+    reads.dedup_by(|b, a| a.name == b.name && a.map_key == b.map_key);
     let mut words: Vec<String> = Vec::new();
-    let mut word_index: BTreeMap<String, i32> = BTreeMap::new();
     let mut index = |w: &str| -> i32 {
         if let Some(i) = dictionary::index_of(w) {
             return i;
         }
-        if let Some(i) = word_index.get(w) {
-            return *i;
+        if let Some(i) = words.iter().position(|x| x == w) {
+            return -(i as i32 + 1);
         }
         words.push(w.to_string());
-        let i = -(words.len() as i32);
-        word_index.insert(w.to_string(), i);
-        i
+        -(words.len() as i32)
     };
-    let mut matches = Vec::new();
-    let mut seen = BTreeSet::new();
-    for r in refs {
-        // An attribute both present and absent cannot happen in one bag; keep the first.
-        if !seen.insert((r.name.clone(), r.map_key.clone())) {
-            continue;
-        }
+    let mut matches = Vec::with_capacity(reads.len());
+    for r in reads.iter() {
         let condition = if r.present {
             Condition::Exact
         } else {
             Condition::Absence
         };
         matches.push(AttributeMatch {
-            name: index(&r.name),
+            name: index(r.name),
             condition: condition as i32,
             regex: String::new(),
-            map_key: r.map_key.as_deref().map_or(0, &mut index),
+            map_key: r.map_key.map_or(0, &mut index),
         });
     }
     ReferencedAttributes {
@@ -516,6 +628,48 @@ mod tests {
             .with("destination.uid", "kubernetes://ratings-v1.default")
             .with("destination.service.host", "ratings.prod.svc.cluster.local");
         assert_eq!(decide(&p, &other).code, 0);
+    }
+
+    #[test]
+    fn check_attributes_read_what_with_workload_attributes_adds() {
+        let p = deny_policy("true", "default");
+        let sent = Bag::new()
+            .with("destination.uid", "kubernetes://ratings-v1.default")
+            .with("source.uid", "kubernetes://nobody.default")
+            .with("source.principal", "spiffe://cluster.local/ns/default/sa/x")
+            .with("destination.name", "sent-name")
+            .with("request.path", "/x");
+        let (copied, generated) = with_workload_attributes(&p, &sent);
+        assert!(
+            generated.contains_key("destination.labels"),
+            "{generated:?}"
+        );
+        let attrs = CheckAttributes::new(&p, &sent);
+        for name in [
+            "destination.labels",
+            "destination.name",
+            "destination.namespace",
+            "destination.service_account_name",
+            "destination.other",
+            "source.user",
+            "source.labels",
+            "source.principal",
+            "request.path",
+            "request.host",
+        ] {
+            assert_eq!(attrs.attribute(name), copied.get(name), "{name}");
+            let read = attrs.client_read(Read {
+                name,
+                map_key: Some("k"),
+                present: copied.contains(name),
+            });
+            match generated.get(name) {
+                Some(origin) => {
+                    assert_eq!((read.name, read.map_key), (origin.as_str(), None), "{name}")
+                }
+                None => assert_eq!((read.name, read.map_key), (name, Some("k")), "{name}"),
+            }
+        }
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //!
 //! - [`expr`]: the expression language of rule `match` clauses (a CEXL subset).
 //! - [`adapter`]: the in-process adapters (`denier`, `listchecker`, `memquota`, `redisquota`,
-//!   `prometheus`).
+//!   `prometheus`, `stdio`, `opentelemetry`).
 //! - [`config`]: the MCP sink, the typed config it keeps and the policy compiled from it.
 //! - [`check`]: answering Check: decode, workload attributes, rules, referenced attributes.
 //! - [`quota`]: quota allocation for Check through the memquota/redisquota handlers.
 //! - [`report`]: answering Report: delta-decoded batches, counted per destination service, fed
-//!   to the prometheus adapter.
+//!   to the prometheus, stdio and opentelemetry adapters.
 //! - [`dedup`]: the bounded memory of Check deduplication ids.
 //! - [`server`]: the gRPC service.
 //! - [`metrics`]: Prometheus metrics.

@@ -7,6 +7,8 @@ use mesh_proto::istio::mixer::v1::ReportRequest;
 
 use crate::adapter::Adapter;
 use crate::adapter::prometheus::PrometheusSink;
+use crate::adapter::stdio::{self, StdioSink};
+use crate::adapter::tracespan::{self, SpanExporters};
 use crate::check::{RequestError, matching_rules, with_workload_attributes, word_count};
 use crate::config::Policy;
 use crate::expr::evaluate_value;
@@ -38,49 +40,152 @@ pub fn report(req: &ReportRequest, metrics: &MixerMetrics) -> Result<Vec<Bag>, R
     Ok(bags)
 }
 
-/// Runs the telemetry rules for each bag: every `metric` instance of a matching rule whose
-/// handler is `prometheus` is evaluated and recorded. An instance whose value or a dimension
-/// cannot be evaluated is skipped (logged at debug).
+/// Where Report's instances go: the prometheus adapter's series, the stdio adapter's outputs and
+/// the OTLP span exporters. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ReportAdapters {
+    pub prometheus: PrometheusSink,
+    pub stdio: StdioSink,
+    pub spans: SpanExporters,
+}
+
+impl ReportAdapters {
+    /// Adapters whose prometheus series go to `prometheus`.
+    pub fn new(prometheus: PrometheusSink) -> Self {
+        ReportAdapters {
+            prometheus,
+            stdio: StdioSink::default(),
+            spans: SpanExporters::default(),
+        }
+    }
+}
+
+/// Adds what Istio's proxy derives from the request headers when the bag lacks it:
+/// `request.useragent` (`user-agent`), `request.referer` (`referer`), `request.id`
+/// (`x-request-id`), and `context.protocol` (`grpc` for an `application/grpc*` content type,
+/// else `http`) for a bag with a `request.method`.
+pub fn with_http_attributes(bag: &mut Bag) {
+    let Some(headers) = bag.get_string_map("request.headers") else {
+        return;
+    };
+    let protocol =
+        (!bag.contains("context.protocol") && bag.contains("request.method")).then(|| {
+            let grpc = headers
+                .get("content-type")
+                .is_some_and(|c| c.starts_with("application/grpc"));
+            if grpc { "grpc" } else { "http" }
+        });
+    let derived: Vec<(&str, String)> = [
+        ("request.useragent", "user-agent"),
+        ("request.referer", "referer"),
+        ("request.id", "x-request-id"),
+    ]
+    .into_iter()
+    .filter(|(attr, _)| !bag.contains(attr))
+    .filter_map(|(attr, header)| headers.get(header).map(|v| (attr, v.clone())))
+    .collect();
+    for (attr, v) in derived {
+        bag.set(attr, v);
+    }
+    if let Some(p) = protocol {
+        bag.set("context.protocol", p);
+    }
+}
+
+/// Runs the telemetry rules for each bag: every instance of a matching rule whose handler is
+/// `prometheus` (`metric`), `stdio` (`logentry`) or `opentelemetry` (`tracespan`) is evaluated
+/// and handed to its adapter. An instance that cannot be evaluated is skipped (logged at debug).
+pub fn dispatch(policy: &Policy, bags: &[Bag], adapters: &ReportAdapters) {
+    let mut logs: Vec<(&stdio::Params, Vec<u8>)> = Vec::new();
+    for sent in bags {
+        let (mut bag, _) = with_workload_attributes(policy, sent);
+        with_http_attributes(&mut bag);
+        let mut refs = Vec::new();
+        for ri in matching_rules(policy, &bag, &mut refs) {
+            for action in &policy.rules[ri].actions {
+                match &action.adapter {
+                    Adapter::Prometheus(params) => {
+                        record_metrics(params, &action.instances, &bag, &adapters.prometheus);
+                    }
+                    Adapter::Stdio(params) => {
+                        for inst in &action.instances {
+                            let entry = stdio::evaluate_entry(inst, &bag);
+                            let Some(line) = stdio::render(params, &entry) else {
+                                continue;
+                            };
+                            match logs.iter_mut().find(|(p, _)| std::ptr::eq(*p, params)) {
+                                Some((_, buf)) => buf.extend_from_slice(&line),
+                                None => logs.push((params, line)),
+                            }
+                        }
+                    }
+                    Adapter::OpenTelemetry(params) => {
+                        for inst in &action.instances {
+                            if let Some(span) = tracespan::build_span(params, inst, &bag) {
+                                adapters.spans.send(&params.endpoint, span);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    for (params, lines) in logs {
+        if let Err(e) = adapters.stdio.write(params, &lines) {
+            tracing::warn!(stream = ?params.log_stream, path = ?params.output_path, error = %e, "cannot write log entries");
+        }
+    }
+}
+
+/// Runs only the `prometheus` actions of the telemetry rules (see [`dispatch`]).
 pub fn dispatch_metrics(policy: &Policy, bags: &[Bag], sink: &PrometheusSink) {
     for sent in bags {
         let (bag, _) = with_workload_attributes(policy, sent);
         let mut refs = Vec::new();
         for ri in matching_rules(policy, &bag, &mut refs) {
             for action in &policy.rules[ri].actions {
-                let Adapter::Prometheus(params) = &action.adapter else {
-                    continue;
-                };
-                for inst in &action.instances {
-                    let full = inst.full_name();
-                    let Some(metric) = params.metrics.iter().find(|m| m.instance_name == full)
-                    else {
-                        continue;
-                    };
-                    let Some(value_expr) = &inst.value else {
-                        continue;
-                    };
-                    let value = match evaluate_value(value_expr, &bag).result {
-                        Ok(v) => v,
-                        Err(e) => {
-                            tracing::debug!(instance = %inst.key, error = %e, "metric value not evaluated");
-                            continue;
-                        }
-                    };
-                    let mut dims = HashMap::with_capacity(inst.dimensions.len());
-                    for (name, e) in &inst.dimensions {
-                        match evaluate_value(e, &bag).result {
-                            Ok(v) => {
-                                dims.insert(name.clone(), v);
-                            }
-                            Err(err) => {
-                                tracing::debug!(instance = %inst.key, dimension = %name, error = %err, "metric dimension not evaluated");
-                            }
-                        }
-                    }
-                    sink.record(metric, &value, &dims);
+                if let Adapter::Prometheus(params) = &action.adapter {
+                    record_metrics(params, &action.instances, &bag, sink);
                 }
             }
         }
+    }
+}
+
+fn record_metrics(
+    params: &crate::adapter::prometheus::Params,
+    instances: &[crate::config::Instance],
+    bag: &Bag,
+    sink: &PrometheusSink,
+) {
+    for inst in instances {
+        let full = inst.full_name();
+        let Some(metric) = params.metrics.iter().find(|m| m.instance_name == full) else {
+            continue;
+        };
+        let Some(value_expr) = &inst.value else {
+            continue;
+        };
+        let value = match evaluate_value(value_expr, bag).result {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(instance = %inst.key, error = %e, "metric value not evaluated");
+                continue;
+            }
+        };
+        let mut dims = HashMap::with_capacity(inst.dimensions.len());
+        for (name, e) in &inst.dimensions {
+            match evaluate_value(e, bag).result {
+                Ok(v) => {
+                    dims.insert(name.clone(), v);
+                }
+                Err(err) => {
+                    tracing::debug!(instance = %inst.key, dimension = %name, error = %err, "metric dimension not evaluated");
+                }
+            }
+        }
+        sink.record(metric, &value, &dims);
     }
 }
 

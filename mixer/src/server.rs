@@ -8,27 +8,26 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-use crate::adapter::code_name;
 use crate::adapter::prometheus::PrometheusSink;
 use crate::check::check_with_quotas;
 use crate::config::PolicyHandle;
 use crate::dedup::Dedup;
 use crate::metrics::MixerMetrics;
 use crate::quota::QuotaBackends;
-use crate::report::{dispatch_metrics, report};
+use crate::report::{ReportAdapters, dispatch, report};
 
 /// How many Check deduplication ids are remembered.
 pub const DEDUP_CAPACITY: usize = 10_000;
 
-/// The Mixer service: the current policy, metrics, quota counters, the prometheus adapter's
-/// series and the deduplication memory.
+/// The Mixer service: the current policy, metrics, quota counters, the Report adapters
+/// (prometheus series, stdio outputs, span exporters) and the deduplication memory.
 #[derive(Clone)]
 pub struct MixerService {
     policy: PolicyHandle,
     metrics: MixerMetrics,
     dedup: Arc<Mutex<Dedup<CheckResponse>>>,
     quotas: QuotaBackends,
-    prometheus: PrometheusSink,
+    adapters: ReportAdapters,
 }
 
 impl MixerService {
@@ -40,13 +39,13 @@ impl MixerService {
             metrics,
             dedup: Arc::new(Mutex::new(Dedup::new(DEDUP_CAPACITY))),
             quotas: QuotaBackends::default(),
-            prometheus: PrometheusSink::new(mesh_runtime::Metrics::default()),
+            adapters: ReportAdapters::new(PrometheusSink::new(mesh_runtime::Metrics::default())),
         }
     }
 
     /// Sends the prometheus adapter's series to `sink` (Mixer's own `/metrics`).
     pub fn with_prometheus(mut self, sink: PrometheusSink) -> Self {
-        self.prometheus = sink;
+        self.adapters.prometheus = sink;
         self
     }
 
@@ -76,7 +75,7 @@ impl MixerService {
                     .as_ref()
                     .and_then(|p| p.status.as_ref())
                     .map_or(0, |s| s.code);
-                self.metrics.check_answered(&code_name(code));
+                self.metrics.check_answered_code(code);
                 if !id.is_empty() {
                     self.dedup.lock().insert(id, resp.clone());
                 }
@@ -85,8 +84,7 @@ impl MixerService {
             Err(e) => {
                 let status = Status::from(e.clone());
                 tracing::warn!(error = %e, "check rejected");
-                self.metrics
-                    .check_answered(&code_name(status.code() as i32));
+                self.metrics.check_answered_code(status.code() as i32);
                 Err(status)
             }
         }
@@ -96,7 +94,7 @@ impl MixerService {
     pub fn handle_report(&self, req: &ReportRequest) -> Result<ReportResponse, Status> {
         match report(req, &self.metrics) {
             Ok(bags) => {
-                dispatch_metrics(&self.policy.current(), &bags, &self.prometheus);
+                dispatch(&self.policy.current(), &bags, &self.adapters);
                 Ok(ReportResponse {})
             }
             Err(e) => {
@@ -155,7 +153,17 @@ pub async fn serve_grpc(
         ))
         .add_service(MixerServer::new(service))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Small unary answers go out at once (no Nagle delay behind the previous one).
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |conn| {
+                    conn.inspect(|s| {
+                        if let Err(e) = s.set_nodelay(true) {
+                            tracing::debug!(error = %e, "TCP_NODELAY not set");
+                        }
+                    })
+                },
+            ),
             shutdown,
         )
         .await

@@ -159,7 +159,9 @@ async fn runs_against_galley_and_denies_by_pod_labels() {
         async move { matches!(reqwest::get(&url).await, Ok(r) if r.status() == 200) }
     })
     .await;
-    // Every collection was ACKed with the nonce galley sent.
+    // Every collection (the legacy ones included) was ACKed with the nonce galley sent.
+    let collections = mixer::config::subscriptions().len();
+    assert_eq!(collections, 20);
     poll("acks", || {
         let seen = galley.seen.clone();
         async move {
@@ -167,7 +169,7 @@ async fn runs_against_galley_and_denies_by_pod_labels() {
                 .iter()
                 .filter(|r| !r.response_nonce.is_empty() && r.error_detail.is_none())
                 .count()
-                == 5
+                == collections
         }
     })
     .await;

@@ -49,32 +49,55 @@ fn to_productpage(source_pod: &str) -> Bag {
 }
 
 async fn granted(m: &mut Mixer, bag: &Bag, dedup: &str) -> i64 {
+    granted_quota(m, "requestcountquota", bag, dedup).await
+}
+
+async fn granted_quota(m: &mut Mixer, quota: &str, bag: &Bag, dedup: &str) -> i64 {
     let resp = m
         .client
-        .check(check_request(bag, Some(("requestcountquota", 1)), dedup))
+        .check(check_request(bag, Some((quota, 1)), dedup))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(resp.precondition.unwrap().status.unwrap().code, 0);
-    resp.quotas["requestcountquota"].granted_amount
+    resp.quotas[quota].granted_amount
 }
 
 #[tokio::test]
 async fn memquota_ratelimit_sample_exhausts_productpage_budget() {
-    let (mut m, _g) = mixer_with(&sample("policy/mixer-rule-productpage-ratelimit.yaml"), 1).await;
+    ratelimit_exhausts_productpage_budget(
+        "policy/mixer-rule-productpage-ratelimit.yaml",
+        "requestcountquota",
+    )
+    .await;
+}
+
+/// The same sample in Istio's legacy kinds (`kind: memquota`, `kind: quota`).
+#[tokio::test]
+async fn memquota_ratelimit_crd_sample_exhausts_productpage_budget() {
+    ratelimit_exhausts_productpage_budget(
+        "policy/mixer-rule-productpage-ratelimit-crd.yaml",
+        "requestcount",
+    )
+    .await;
+}
+
+/// `quota`: the quota instance's name (what the proxy asks for).
+async fn ratelimit_exhausts_productpage_budget(file: &str, quota: &str) {
+    let (mut m, _g) = mixer_with(&sample(file), 1).await;
     let bag = to_productpage("reviews-v2");
     // The productpage override: 2 per 5s.
-    assert_eq!(granted(&mut m, &bag, "").await, 1);
+    assert_eq!(granted_quota(&mut m, quota, &bag, "").await, 1);
     // A retry with the same deduplication id does not consume again.
-    assert_eq!(granted(&mut m, &bag, "retry-1").await, 1);
-    assert_eq!(granted(&mut m, &bag, "retry-1").await, 1);
+    assert_eq!(granted_quota(&mut m, quota, &bag, "retry-1").await, 1);
+    assert_eq!(granted_quota(&mut m, quota, &bag, "retry-1").await, 1);
     let resp = m
         .client
-        .check(check_request(&bag, Some(("requestcountquota", 1)), ""))
+        .check(check_request(&bag, Some((quota, 1)), ""))
         .await
         .unwrap()
         .into_inner();
-    let q = &resp.quotas["requestcountquota"];
+    let q = &resp.quotas[quota];
     assert_eq!(
         q.granted_amount, 0,
         "past the budget: the proxy answers 429"
@@ -93,7 +116,7 @@ async fn memquota_ratelimit_sample_exhausts_productpage_budget() {
         "destination.service.host",
         "details.default.svc.cluster.local",
     );
-    assert_eq!(granted(&mut m, &details, "").await, 1);
+    assert_eq!(granted_quota(&mut m, quota, &details, "").await, 1);
     // A quota no rule serves is granted in full.
     let resp = m
         .client
@@ -206,7 +229,17 @@ async fn redisquota_rolling_window_sample_shares_one_budget_across_two_mixers() 
 
 #[tokio::test]
 async fn deny_label_sample_denies_reviews_v3_to_ratings_only() {
-    let (mut m, _g) = mixer_with(&sample("policy/mixer-rule-deny-label.yaml"), 1).await;
+    deny_label_denies_reviews_v3_to_ratings_only("policy/mixer-rule-deny-label.yaml").await;
+}
+
+/// The same sample in Istio's legacy kinds (`kind: denier`, `kind: checknothing`).
+#[tokio::test]
+async fn deny_label_crd_sample_denies_reviews_v3_to_ratings_only() {
+    deny_label_denies_reviews_v3_to_ratings_only("policy/mixer-rule-deny-label-crd.yaml").await;
+}
+
+async fn deny_label_denies_reviews_v3_to_ratings_only(file: &str) {
+    let (mut m, _g) = mixer_with(&sample(file), 1).await;
     let to_ratings = |source: &str| {
         Bag::new()
             .with("source.uid", format!("kubernetes://{source}.default"))
@@ -347,7 +380,17 @@ async fn malformed_attribute_bags_are_invalid_argument() {
 
 #[tokio::test]
 async fn prometheus_metrics_sample_exposes_series_after_report() {
-    let (mut m, _g) = mixer_with(&sample("telemetry/metrics.yaml"), 1).await;
+    metrics_exposes_series_after_report("telemetry/metrics.yaml").await;
+}
+
+/// The same sample in Istio's legacy kinds (`kind: prometheus`, `kind: metric`).
+#[tokio::test]
+async fn prometheus_metrics_crd_sample_exposes_series_after_report() {
+    metrics_exposes_series_after_report("telemetry/metrics-crd.yaml").await;
+}
+
+async fn metrics_exposes_series_after_report(file: &str) {
+    let (mut m, _g) = mixer_with(&sample(file), 1).await;
     let bag = |reporter: &str, source: &str| {
         Bag::new()
             .with("context.reporter.kind", reporter)

@@ -8,15 +8,21 @@
 //! - [`memquota`]: quotas counted in memory.
 //! - [`redisquota`]: quotas counted in Redis (shared by every replica).
 //! - [`prometheus`]: `metric` instances → Prometheus series on Mixer's `/metrics`.
+//! - [`stdio`]: `logentry` instances → lines on stdout/stderr or a (rotated) file.
+//! - [`accesslog`]: the proxy's access-log shape for Istio's standard `accesslog` instance.
+//! - [`tracespan`]: `opentelemetry`: `tracespan` instances → spans over OTLP/gRPC.
 //!
 //! Any other adapter is accepted as [`Adapter::Ignored`]: its actions do nothing.
 
+pub mod accesslog;
 pub mod denier;
 pub mod list;
 pub mod memquota;
 pub mod prometheus;
 pub mod quota;
 pub mod redisquota;
+pub mod stdio;
+pub mod tracespan;
 
 use std::time::Duration;
 
@@ -69,6 +75,8 @@ pub enum Adapter {
     MemQuota(quota::Limits),
     RedisQuota(redisquota::Params),
     Prometheus(prometheus::Params),
+    Stdio(stdio::Params),
+    OpenTelemetry(tracespan::Params),
     /// An adapter Mixer does not run; its actions are accepted and do nothing.
     Ignored {
         adapter: String,
@@ -86,6 +94,8 @@ impl Adapter {
             "memquota" => Adapter::MemQuota(quota::Limits::parse(params, true)?),
             "redisquota" => Adapter::RedisQuota(redisquota::Params::parse(params)?),
             "prometheus" => Adapter::Prometheus(prometheus::Params::parse(params)?),
+            "stdio" => Adapter::Stdio(stdio::Params::parse(params)?),
+            "opentelemetry" | "otlp" => Adapter::OpenTelemetry(tracespan::Params::parse(params)?),
             other => Adapter::Ignored {
                 adapter: other.to_string(),
             },
@@ -98,6 +108,8 @@ impl Adapter {
             Adapter::List(_) => Some("listentry"),
             Adapter::MemQuota(_) | Adapter::RedisQuota(_) => Some("quota"),
             Adapter::Prometheus(_) => Some("metric"),
+            Adapter::Stdio(_) => Some("logentry"),
+            Adapter::OpenTelemetry(_) => Some("tracespan"),
             _ => None,
         }
     }
@@ -163,10 +175,15 @@ mod tests {
         assert_eq!(code_name(7), "PERMISSION_DENIED");
         assert_eq!(code_name(99), "CODE_99");
         assert_eq!(
-            Adapter::build("stdio", None),
+            Adapter::build("fluentd", None),
             Ok(Adapter::Ignored {
-                adapter: "stdio".into()
+                adapter: "fluentd".into()
             })
         );
+        assert!(matches!(
+            Adapter::build("stdio", None),
+            Ok(Adapter::Stdio(_))
+        ));
+        assert!(Adapter::build("opentelemetry", None).is_err());
     }
 }

@@ -1,8 +1,10 @@
 //! Rules compiled from the configuration: each rule's `match` parsed, each action's handler
 //! resolved to an adapter Mixer can run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+use mesh_proto::attributes::Value;
 
 use parking_lot::RwLock;
 
@@ -24,6 +26,29 @@ pub struct Instance {
     pub value: Option<Expr>,
     /// `quota`'s and `metric`'s `dimensions`, by name.
     pub dimensions: Vec<(String, Expr)>,
+    /// Written as `kind: <template>` (Istio's legacy form): its full name is
+    /// `name.<template>.namespace`.
+    pub legacy: bool,
+    /// `logentry`'s and `tracespan`'s other scalar params (`severity`, `timestamp`, `traceId`,
+    /// ...), by name.
+    pub fields: Vec<(String, Expr)>,
+    /// `logentry`'s `variables` and `tracespan`'s `spanTags`: map params, by name.
+    pub maps: Vec<(String, Vec<(String, Expr)>)>,
+}
+
+impl Instance {
+    /// The scalar param `name` (`severity`, `traceId`, ...).
+    pub fn field(&self, name: &str) -> Option<&Expr> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, e)| e)
+    }
+
+    /// The map param `name` (`variables`, `spanTags`); empty when not given.
+    pub fn map(&self, name: &str) -> &[(String, Expr)] {
+        self.maps
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(&[], |(_, m)| m.as_slice())
+    }
 }
 
 impl Instance {
@@ -34,12 +59,17 @@ impl Instance {
             .map_or(self.key.as_str(), |(_, n)| n)
     }
 
-    /// The fully-qualified name (`requestcountquota.instance.istio-system`), as handler params
-    /// name instances.
+    /// The fully-qualified name (`requestcountquota.instance.istio-system`, or for the legacy
+    /// form `requestcount.quota.istio-system`), as handler params name instances.
     pub fn full_name(&self) -> String {
+        let kind = if self.legacy {
+            self.template.as_str()
+        } else {
+            "instance"
+        };
         match self.key.split_once('/') {
-            Some((ns, name)) => format!("{name}.instance.{ns}"),
-            None => format!("{}.instance", self.key),
+            Some((ns, name)) => format!("{name}.{kind}.{ns}"),
+            None => format!("{}.{kind}", self.key),
         }
     }
 }
@@ -71,6 +101,34 @@ pub struct Policy {
     pub problems: Vec<String>,
     /// Pods by `namespace/name`, for workload attributes (`destination.labels`, ...).
     pub pods: BTreeMap<String, PodInfo>,
+    /// The same pods' workload attributes as values, by uid (`kubernetes://<pod>.<namespace>`),
+    /// built once per configuration for the Check path.
+    pub workloads: HashMap<String, Workload>,
+}
+
+/// A pod's workload attributes as Check adds them to a bag (`<side>.labels`, `.name`,
+/// `.namespace`, `.service_account_name`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// A `StringMap`.
+    pub labels: Value,
+    pub name: Value,
+    pub namespace: Value,
+    pub service_account: Option<Value>,
+}
+
+// Values here are strings and string maps only (no doubles), so equality is total.
+impl Eq for Workload {}
+
+impl Workload {
+    fn of(pod: &PodInfo) -> Workload {
+        Workload {
+            labels: Value::StringMap(pod.labels.clone()),
+            name: Value::String(pod.name.clone()),
+            namespace: Value::String(pod.namespace.clone()),
+            service_account: pod.service_account.clone().map(Value::String),
+        }
+    }
 }
 
 /// The current policy, shared by the sink (writer) and the Check path (readers).
@@ -95,6 +153,15 @@ impl Policy {
     pub fn compile(state: &ConfigState) -> Policy {
         let mut policy = Policy {
             pods: state.pods.clone(),
+            // Keyed as `pod_by_uid` finds them (`namespace/name` → `kubernetes://name.namespace`).
+            workloads: state
+                .pods
+                .iter()
+                .filter_map(|(key, p)| {
+                    let (ns, name) = key.split_once('/')?;
+                    Some((format!("kubernetes://{name}.{ns}"), Workload::of(p)))
+                })
+                .collect(),
             ..Policy::default()
         };
         'rules: for (key, spec) in &state.rules {
@@ -164,6 +231,11 @@ impl Policy {
         policy
     }
 
+    /// The workload attributes of the pod behind a `kubernetes://<pod>.<namespace>` uid.
+    pub fn workload_by_uid(&self, uid: &str) -> Option<&Workload> {
+        self.workloads.get(uid)
+    }
+
     /// The pod behind a `kubernetes://<pod>.<namespace>` uid.
     pub fn pod_by_uid(&self, uid: &str) -> Option<&PodInfo> {
         let rest = uid.strip_prefix("kubernetes://")?;
@@ -194,7 +266,7 @@ fn resolve_handler<'a>(
 ) -> Option<(String, &'a mesh_proto::config::HandlerSpec)> {
     candidates(rule_ns, name)
         .into_iter()
-        .find_map(|k| state.handlers.get(&k).map(|h| (k, h)))
+        .find_map(|k| state.handler(&k).map(|h| (k, h)))
 }
 
 /// Resolves and compiles an instance an adapter reads (`template` is what it expects).
@@ -206,7 +278,7 @@ fn compile_instance(
 ) -> Result<Instance, String> {
     let (key, spec) = candidates(rule_ns, name)
         .into_iter()
-        .find_map(|k| state.instances.get(&k).map(|i| (k, i)))
+        .find_map(|k| state.instance(&k).map(|i| (k, i)))
         .ok_or_else(|| format!("instance {name:?} not found"))?;
     let found = spec
         .compiled_template
@@ -241,11 +313,53 @@ fn compile_instance(
             dimensions.push((name.clone(), e));
         }
     }
+    let (mut fields, mut maps) = (Vec::new(), Vec::new());
+    if matches!(found.as_str(), "logentry" | "tracespan")
+        && let Some(params) = spec.params.as_ref().and_then(|p| p.as_object())
+    {
+        for (name, v) in params {
+            if name == "value" || name == "dimensions" {
+                continue;
+            }
+            match v {
+                serde_json::Value::String(text) => {
+                    let e = parse(text)
+                        .map_err(|e| format!("instance {key}: params.{name} {text:?}: {e}"))?;
+                    fields.push((name.clone(), e));
+                }
+                serde_json::Value::Object(m) => {
+                    let mut entries = Vec::with_capacity(m.len());
+                    for (k, v) in m {
+                        let text = v.as_str().ok_or_else(|| {
+                            format!("instance {key}: params.{name}.{k} {v} is not an expression")
+                        })?;
+                        let e = parse(text).map_err(|e| {
+                            format!("instance {key}: params.{name}.{k} {text:?}: {e}")
+                        })?;
+                        entries.push((k.clone(), e));
+                    }
+                    maps.push((name.clone(), entries));
+                }
+                // Booleans and numbers written without quotes are literal expressions.
+                serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {
+                    let text = v.to_string();
+                    let e = parse(&text)
+                        .map_err(|e| format!("instance {key}: params.{name} {text}: {e}"))?;
+                    fields.push((name.clone(), e));
+                }
+                _ => {}
+            }
+        }
+    }
+    let legacy = !state.instances.contains_key(&key);
     Ok(Instance {
+        legacy,
         key,
         template: found,
         value,
         dimensions,
+        fields,
+        maps,
     })
 }
 

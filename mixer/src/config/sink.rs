@@ -14,7 +14,8 @@ use crate::metrics::MixerMetrics;
 /// The generic MCP sink, fed to Mixer's config.
 pub type Sink = mesh_proto::mcp::sink::Sink<ConfigSink>;
 
-/// The kinds Mixer subscribes to: its own config, and pods for workload attributes.
+/// The kinds Mixer subscribes to besides the legacy ones ([`subscriptions`]): its own config,
+/// and pods for workload attributes.
 pub const COLLECTIONS: [Kind; 5] = [
     Kind::Rule,
     Kind::Handler,
@@ -22,6 +23,13 @@ pub const COLLECTIONS: [Kind; 5] = [
     Kind::AttributeManifest,
     Kind::Pod,
 ];
+
+/// Every collection Mixer's sink requests, in order: [`COLLECTIONS`], then the legacy
+/// `kind: <adapter>` / `kind: <template>` collections (`istio/config/v1alpha2/legacy/...`,
+/// [`super::legacy`]).
+pub fn subscriptions() -> Vec<Kind> {
+    COLLECTIONS.into_iter().chain(Kind::legacy()).collect()
+}
 
 /// The readiness condition the sink sets.
 pub const READY_CONDITION: &str = "galley-synced";
@@ -58,7 +66,7 @@ pub fn new_sink(
     Sink::new(
         galley_addr,
         format!("mixer~{}", std::process::id()),
-        COLLECTIONS,
+        subscriptions(),
         handler,
     )
 }
@@ -155,8 +163,8 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            names,
-            vec![
+            names[..5],
+            [
                 "istio/policy/v1beta1/rules",
                 "istio/policy/v1beta1/handlers",
                 "istio/policy/v1beta1/instances",
@@ -164,6 +172,7 @@ mod tests {
                 "k8s/core/v1/pods",
             ]
         );
+        assert_eq!(names[5..].to_vec(), crate::config::legacy::collections());
     }
 
     #[test]
@@ -182,6 +191,13 @@ mod tests {
         s.on_response(&full(Kind::AttributeManifest, "2", &[]));
         assert!(!readiness.is_ready());
         s.on_response(&full(Kind::Pod, "2", &[]));
+        assert!(
+            !readiness.is_ready(),
+            "the legacy collections have not answered"
+        );
+        for kind in Kind::legacy() {
+            s.on_response(&full(kind, "2", &[]));
+        }
         assert!(readiness.is_ready());
 
         // A new full state without the rule removes it.
@@ -214,6 +230,66 @@ mod tests {
         let nack = s.on_response(&full(Kind::Rule, "4", &[typed_bad]));
         assert!(nack.error_detail.unwrap().message.contains("spec.actions"));
         assert_eq!(policy.current().rules.len(), 1);
+    }
+
+    #[test]
+    fn legacy_collections_are_applied_and_resolved() {
+        use mesh_proto::config::LegacyKind as L;
+        let (mut s, policy, _, _) = sink();
+        let denier = obj(json!({
+            "apiVersion": "config.istio.io/v1alpha2", "kind": "denier",
+            "metadata": {"name": "denyreviewsv3handler", "namespace": "default"},
+            "spec": {"status": {"code": 7, "message": "Not allowed"}}
+        }));
+        let nothing = obj(json!({
+            "apiVersion": "config.istio.io/v1alpha2", "kind": "checknothing",
+            "metadata": {"name": "denyreviewsv3request", "namespace": "default"}
+        }));
+        let mut legacy_rule = rule();
+        legacy_rule.body["spec"]["actions"] = json!([{
+            "handler": "denyreviewsv3handler.denier",
+            "instances": ["denyreviewsv3request.checknothing"]
+        }]);
+        let ack = s.on_response(&full(
+            Kind::Legacy(L::Denier),
+            "1",
+            std::slice::from_ref(&denier),
+        ));
+        assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+        assert_eq!(ack.collection, "istio/config/v1alpha2/legacy/deniers");
+        s.on_response(&full(Kind::Legacy(L::CheckNothing), "1", &[nothing]));
+        s.on_response(&full(Kind::Rule, "1", &[legacy_rule]));
+        let p = policy.current();
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        assert_eq!(p.rules.len(), 1);
+        assert!(
+            s.handler()
+                .state()
+                .handler("default/denyreviewsv3handler")
+                .is_some()
+        );
+
+        // An object of another kind in a legacy update is refused, the state kept.
+        let mut state = s.handler().state().clone();
+        let wrong = state.apply(Update {
+            kind: Kind::Legacy(L::Stdio),
+            version: "2".into(),
+            incremental: false,
+            objects: vec![denier],
+            removed: vec![],
+        });
+        assert!(wrong.is_err());
+        assert!(state.handler("default/denyreviewsv3handler").is_some());
+
+        // A new full state without the handler removes it: the rule is left out.
+        s.on_response(&full(Kind::Legacy(L::Denier), "3", &[]));
+        assert!(
+            s.handler()
+                .state()
+                .handler("default/denyreviewsv3handler")
+                .is_none()
+        );
+        assert!(policy.current().rules.is_empty());
     }
 
     #[test]

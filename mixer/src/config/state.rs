@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use mesh_proto::config::{ConfigObject, HandlerSpec, InstanceSpec, Kind, Pod, RuleSpec};
 use mesh_proto::mcp::sink::Update;
 
+use super::legacy::{Legacy, LegacyKind};
+
 /// What Mixer knows of a pod (Kubernetes workload attributes).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodInfo {
@@ -37,6 +39,10 @@ pub struct ConfigState {
     pub instances: BTreeMap<String, InstanceSpec>,
     pub manifests: BTreeMap<String, ConfigObject>,
     pub pods: BTreeMap<String, PodInfo>,
+    /// Handlers written as `kind: <adapter>` ([`super::legacy`]), by adapter then key.
+    pub legacy_handlers: BTreeMap<&'static str, BTreeMap<String, HandlerSpec>>,
+    /// Instances written as `kind: <template>`, by template then key.
+    pub legacy_instances: BTreeMap<&'static str, BTreeMap<String, InstanceSpec>>,
 }
 
 enum Typed {
@@ -81,10 +87,128 @@ fn typed(kind: Kind, obj: ConfigObject) -> Result<Typed, ApplyError> {
 }
 
 impl ConfigState {
+    /// The handler `namespace/name`: a `handler` object, else a legacy `kind: <adapter>` one.
+    pub fn handler(&self, key: &str) -> Option<&HandlerSpec> {
+        self.handlers
+            .get(key)
+            .or_else(|| self.legacy_handlers.values().find_map(|m| m.get(key)))
+    }
+
+    /// The instance `namespace/name`: an `instance` object, else a legacy `kind: <template>` one.
+    pub fn instance(&self, key: &str) -> Option<&InstanceSpec> {
+        self.instances
+            .get(key)
+            .or_else(|| self.legacy_instances.values().find_map(|m| m.get(key)))
+    }
+
+    /// Applies the legacy collection of `kind` (see [`super::legacy`]): `objects` replace it
+    /// (`full`) or are added, and `removed` keys are deleted. Objects of another kind are
+    /// refused and nothing changes.
+    pub fn apply_legacy(
+        &mut self,
+        kind: LegacyKind,
+        full: bool,
+        objects: &[ConfigObject],
+        removed: &[String],
+    ) -> Result<(), ApplyError> {
+        let mut converted = Vec::with_capacity(objects.len());
+        for obj in objects {
+            if LegacyKind::of(&obj.api_version, &obj.kind) != Some(kind) {
+                return Err(ApplyError::Spec {
+                    kind: kind.name(),
+                    key: obj.key(),
+                    message: format!(
+                        "object of kind {:?} in the {} collection",
+                        obj.kind,
+                        kind.name()
+                    ),
+                });
+            }
+            converted.push((obj.key(), kind.convert(obj)));
+        }
+        match kind {
+            LegacyKind::Adapter(a) => {
+                let map = self.legacy_handlers.entry(a).or_default();
+                if full {
+                    map.clear();
+                }
+                for k in removed {
+                    map.remove(k);
+                }
+                for (k, l) in converted {
+                    if let Legacy::Handler(h) = l {
+                        map.insert(k, h);
+                    }
+                }
+            }
+            LegacyKind::Template(t) => {
+                let map = self.legacy_instances.entry(t).or_default();
+                if full {
+                    map.clear();
+                }
+                for k in removed {
+                    map.remove(k);
+                }
+                for (k, l) in converted {
+                    if let Legacy::Instance(i) = l {
+                        map.insert(k, i);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `objects` of any Mixer kind (rule, handler, instance, attributemanifest, pod, or a
+    /// legacy adapter/template kind) to what is held; objects of other kinds are returned.
+    pub fn apply_objects(
+        &mut self,
+        objects: Vec<ConfigObject>,
+    ) -> Result<Vec<ConfigObject>, ApplyError> {
+        let mut other = Vec::new();
+        for obj in objects {
+            if let Some(kind) = Kind::from_type(&obj.api_version, &obj.kind) {
+                if matches!(
+                    kind,
+                    Kind::Rule
+                        | Kind::Handler
+                        | Kind::Instance
+                        | Kind::AttributeManifest
+                        | Kind::Pod
+                        | Kind::Legacy(_)
+                ) {
+                    self.apply(Update {
+                        kind,
+                        version: String::new(),
+                        incremental: true,
+                        objects: vec![obj],
+                        removed: vec![],
+                    })?;
+                    continue;
+                }
+            } else if let Some(kind) = LegacyKind::of(&obj.api_version, &obj.kind) {
+                self.apply_legacy(kind, false, std::slice::from_ref(&obj), &[])?;
+                continue;
+            }
+            other.push(obj);
+        }
+        Ok(other)
+    }
+
     /// Applies one decoded MCP update. Either every object has a valid spec and the collection
     /// is updated (full state replaces, incremental adds and removes), or nothing changes.
     pub fn apply(&mut self, update: Update) -> Result<(), ApplyError> {
         let kind = update.kind;
+        if let Kind::Legacy(_) = kind {
+            let legacy = LegacyKind::from_kind(kind)
+                .ok_or_else(|| ApplyError::UnknownCollection(kind.info().collection.to_string()))?;
+            return self.apply_legacy(
+                legacy,
+                !update.incremental,
+                &update.objects,
+                &update.removed,
+            );
+        }
         if !matches!(
             kind,
             Kind::Rule | Kind::Handler | Kind::Instance | Kind::AttributeManifest | Kind::Pod

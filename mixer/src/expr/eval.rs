@@ -13,6 +13,37 @@ pub struct Reference {
     pub present: bool,
 }
 
+/// A [`Reference`] borrowed from the expression (no allocation), as the Check path records
+/// them; [`Read::to_reference`] makes the owned form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Read<'a> {
+    pub name: &'a str,
+    pub map_key: Option<&'a str>,
+    pub present: bool,
+}
+
+impl Read<'_> {
+    pub fn to_reference(&self) -> Reference {
+        Reference {
+            name: self.name.to_string(),
+            map_key: self.map_key.map(str::to_string),
+            present: self.present,
+        }
+    }
+}
+
+/// Where evaluation reads attributes: a [`Bag`], or a bag with generated attributes on top
+/// (see `check::CheckAttributes`).
+pub trait Attributes {
+    fn attribute(&self, name: &str) -> Option<&Value>;
+}
+
+impl Attributes for Bag {
+    fn attribute(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+}
+
 /// Why an expression has no value for a bag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
@@ -43,58 +74,123 @@ pub struct Evaluation<T> {
 }
 
 /// Evaluates `expr` to a value (an instance field).
-pub fn evaluate_value(expr: &Expr, bag: &Bag) -> Evaluation<Value> {
-    let mut refs = Vec::new();
-    let result = eval(expr, bag, &mut refs);
+pub fn evaluate_value<B: Attributes + ?Sized>(expr: &Expr, bag: &B) -> Evaluation<Value> {
+    let mut reads = Vec::new();
+    let result = eval_value_reads(expr, bag, &mut reads);
     Evaluation {
         result,
-        references: refs,
+        references: reads.iter().map(Read::to_reference).collect(),
     }
 }
 
 /// Evaluates `expr` as a boolean (a rule's `match`).
-pub fn evaluate(expr: &Expr, bag: &Bag) -> Evaluation<bool> {
-    let mut refs = Vec::new();
-    let result = eval_bool(expr, bag, &mut refs);
+pub fn evaluate<B: Attributes + ?Sized>(expr: &Expr, bag: &B) -> Evaluation<bool> {
+    let mut reads = Vec::new();
+    let result = eval_bool_reads(expr, bag, &mut reads);
     Evaluation {
         result,
-        references: refs,
+        references: reads.iter().map(Read::to_reference).collect(),
     }
 }
 
-fn eval_bool(expr: &Expr, bag: &Bag, refs: &mut Vec<Reference>) -> Result<bool, EvalError> {
+/// Evaluates `expr` as a boolean, appending what it read to `reads` (allocation-free unless an
+/// error or a function call).
+pub fn eval_bool_reads<'a, B: Attributes + ?Sized>(
+    expr: &'a Expr,
+    bag: &'a B,
+    reads: &mut Vec<Read<'a>>,
+) -> Result<bool, EvalError> {
+    eval_bool(expr, bag, reads)
+}
+
+/// Evaluates `expr` to a value, appending what it read to `reads`.
+pub fn eval_value_reads<'a, B: Attributes + ?Sized>(
+    expr: &'a Expr,
+    bag: &'a B,
+    reads: &mut Vec<Read<'a>>,
+) -> Result<Value, EvalError> {
+    eval(expr, bag, reads).map(Val::into_value)
+}
+
+/// A value during evaluation: borrowed from the bag or the expression where possible.
+#[derive(Debug)]
+enum Val<'a> {
+    Ref(&'a Value),
+    Str(&'a str),
+    Bool(bool),
+    Own(Value),
+}
+
+impl Val<'_> {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Val::Str(s) => Some(s),
+            Val::Ref(Value::String(s)) | Val::Own(Value::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Val::Ref(v) => v.type_name(),
+            Val::Own(v) => v.type_name(),
+            Val::Str(_) => "STRING",
+            Val::Bool(_) => "BOOL",
+        }
+    }
+
+    fn into_value(self) -> Value {
+        match self {
+            Val::Ref(v) => v.clone(),
+            Val::Str(s) => Value::String(s.to_string()),
+            Val::Bool(b) => Value::Bool(b),
+            Val::Own(v) => v,
+        }
+    }
+}
+
+fn eval_bool<'a, B: Attributes + ?Sized>(
+    expr: &'a Expr,
+    bag: &'a B,
+    refs: &mut Vec<Read<'a>>,
+) -> Result<bool, EvalError> {
     match eval(expr, bag, refs)? {
-        Value::Bool(b) => Ok(b),
+        Val::Bool(b) | Val::Ref(&Value::Bool(b)) | Val::Own(Value::Bool(b)) => Ok(b),
         other => Err(EvalError::NotBool(other.type_name())),
     }
 }
 
-fn eval(expr: &Expr, bag: &Bag, refs: &mut Vec<Reference>) -> Result<Value, EvalError> {
+fn eval<'a, B: Attributes + ?Sized>(
+    expr: &'a Expr,
+    bag: &'a B,
+    refs: &mut Vec<Read<'a>>,
+) -> Result<Val<'a>, EvalError> {
     match expr {
-        Expr::Literal(Literal::String(s)) => Ok(Value::String(s.clone())),
-        Expr::Literal(Literal::Int(i)) => Ok(Value::Int64(*i)),
-        Expr::Literal(Literal::Bool(b)) => Ok(Value::Bool(*b)),
+        Expr::Literal(Literal::String(s)) => Ok(Val::Str(s)),
+        Expr::Literal(Literal::Int(i)) => Ok(Val::Own(Value::Int64(*i))),
+        Expr::Literal(Literal::Bool(b)) => Ok(Val::Bool(*b)),
         Expr::Attr(name) => {
-            let v = bag.get(name).cloned();
-            refs.push(Reference {
-                name: name.clone(),
+            let v = bag.attribute(name);
+            refs.push(Read {
+                name,
                 map_key: None,
                 present: v.is_some(),
             });
-            v.ok_or_else(|| EvalError::Missing(name.clone()))
+            v.map(Val::Ref)
+                .ok_or_else(|| EvalError::Missing(name.clone()))
         }
         Expr::Index { attr, key } => {
-            let Some(v) = bag.get(attr) else {
-                refs.push(Reference {
-                    name: attr.clone(),
+            let Some(v) = bag.attribute(attr) else {
+                refs.push(Read {
+                    name: attr,
                     map_key: None,
                     present: false,
                 });
                 return Err(EvalError::Missing(attr.clone()));
             };
             let Value::StringMap(m) = v else {
-                refs.push(Reference {
-                    name: attr.clone(),
+                refs.push(Read {
+                    name: attr,
                     map_key: None,
                     present: true,
                 });
@@ -103,30 +199,30 @@ fn eval(expr: &Expr, bag: &Bag, refs: &mut Vec<Reference>) -> Result<Value, Eval
                     found: v.type_name(),
                 });
             };
-            let found = m.get(key);
-            refs.push(Reference {
-                name: attr.clone(),
-                map_key: Some(key.clone()),
+            let found = m.get(key.as_str());
+            refs.push(Read {
+                name: attr,
+                map_key: Some(key),
                 present: found.is_some(),
             });
             found
-                .map(|s| Value::String(s.clone()))
+                .map(|s| Val::Str(s))
                 .ok_or_else(|| EvalError::MissingKey {
                     attr: attr.clone(),
                     key: key.clone(),
                 })
         }
-        Expr::Eq(a, b) => Ok(Value::Bool(equal(a, b, bag, refs)?)),
-        Expr::Ne(a, b) => Ok(Value::Bool(!equal(a, b, bag, refs)?)),
-        Expr::And(a, b) => Ok(Value::Bool(
+        Expr::Eq(a, b) => Ok(Val::Bool(equal(a, b, bag, refs)?)),
+        Expr::Ne(a, b) => Ok(Val::Bool(!equal(a, b, bag, refs)?)),
+        Expr::And(a, b) => Ok(Val::Bool(
             eval_bool(a, bag, refs)? && eval_bool(b, bag, refs)?,
         )),
-        Expr::Or(a, b) => Ok(Value::Bool(
+        Expr::Or(a, b) => Ok(Val::Bool(
             eval_bool(a, bag, refs)? || eval_bool(b, bag, refs)?,
         )),
-        Expr::Not(a) => Ok(Value::Bool(!eval_bool(a, bag, refs)?)),
+        Expr::Not(a) => Ok(Val::Bool(!eval_bool(a, bag, refs)?)),
         Expr::Default(a, b) => match eval(a, bag, refs) {
-            Ok(Value::String(s)) if s.is_empty() => eval(b, bag, refs),
+            Ok(v) if v.as_str().is_some_and(str::is_empty) => eval(b, bag, refs),
             Ok(v) => Ok(v),
             Err(EvalError::Missing(_) | EvalError::MissingKey { .. }) => eval(b, bag, refs),
             Err(e) => Err(e),
@@ -134,9 +230,9 @@ fn eval(expr: &Expr, bag: &Bag, refs: &mut Vec<Reference>) -> Result<Value, Eval
         Expr::Call { func, args } => {
             let mut values = Vec::with_capacity(args.len());
             for a in args {
-                values.push(eval(a, bag, refs)?);
+                values.push(eval(a, bag, refs)?.into_value());
             }
-            call(func, values)
+            call(func, values).map(Val::Own)
         }
     }
 }
@@ -189,9 +285,19 @@ fn glob(s: &str, pattern: &str) -> bool {
     }
 }
 
-fn equal(a: &Expr, b: &Expr, bag: &Bag, refs: &mut Vec<Reference>) -> Result<bool, EvalError> {
+fn equal<'a, B: Attributes + ?Sized>(
+    a: &'a Expr,
+    b: &'a Expr,
+    bag: &'a B,
+    refs: &mut Vec<Read<'a>>,
+) -> Result<bool, EvalError> {
     let left = eval(a, bag, refs)?;
     let right = eval(b, bag, refs)?;
+    // Strings (the common case) compare without building values.
+    if let (Some(l), Some(r)) = (left.as_str(), right.as_str()) {
+        return Ok(l == r);
+    }
+    let (left, right) = (left.into_value(), right.into_value());
     if std::mem::discriminant(&left) != std::mem::discriminant(&right) {
         return Err(EvalError::TypeMismatch {
             left: left.type_name(),

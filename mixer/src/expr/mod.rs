@@ -17,5 +17,8 @@ pub mod lexer;
 pub mod parser;
 
 pub use ast::{Expr, Literal};
-pub use eval::{EvalError, Evaluation, Reference, evaluate, evaluate_value};
+pub use eval::{
+    Attributes, EvalError, Evaluation, Read, Reference, eval_bool_reads, eval_value_reads,
+    evaluate, evaluate_value,
+};
 pub use parser::{ParseError, parse};
