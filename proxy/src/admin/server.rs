@@ -80,6 +80,7 @@ async fn config_dump(State(s): State<AdminState>) -> impl IntoResponse {
         "routes": config.routes,
         "clusters": config.clusters,
         "endpoints": config.endpoints,
+        "access_logs": config.access_logs,
     }))
 }
 

@@ -289,7 +289,13 @@ fn provider(p: &JwtProvider, field: &str) -> Result<Provider, DecodeError> {
                 .as_ref()
                 .map(|d| Duration::from_secs(u64::try_from(d.seconds).unwrap_or(0)))
                 .filter(|d| !d.is_zero())
-                .unwrap_or(Duration::from_secs(300));
+                .unwrap_or(super::jwks::DEFAULT_REFRESH);
+            if !(uri.starts_with("https://") || uri.starts_with("http://")) {
+                return Err(DecodeError::new(
+                    field,
+                    format!("jwks uri {uri:?} is not http:// or https://"),
+                ));
+            }
             Keys::Remote { uri, ttl }
         }
         None => return Err(DecodeError::new(field, "provider without jwks")),

@@ -703,3 +703,6 @@ fn custom_token_locations() {
         );
     });
 }
+
+#[path = "policy_tests.rs"]
+mod policy_tests;

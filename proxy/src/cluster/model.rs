@@ -65,4 +65,8 @@ pub struct UpstreamTls {
     /// The peer's URI SAN must be one of these (exact match).
     pub expected_sans: Vec<String>,
     pub sni: String,
+    /// TLS origination with the cluster's own certificates (DestinationRule SIMPLE/MUTUAL)
+    /// instead of the workload's mesh identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origination: Option<crate::tls::Origination>,
 }

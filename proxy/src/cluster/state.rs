@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::endpoints::Endpoints;
 use super::model::{Cluster, LbPolicy, Limits, OutlierDetection};
 
 /// Envoy's default healthy panic threshold: below 50% usable hosts, all hosts are used.
@@ -58,6 +59,26 @@ struct HostState {
     times_ejected: u32,
 }
 
+impl HostState {
+    /// Nothing learnt: the entry can go (it is what a missing entry means).
+    fn is_idle(&self) -> bool {
+        self.active == 0
+            && self.consecutive_5xx == 0
+            && self.consecutive_gateway == 0
+            && self.ejected_until.is_none()
+            && self.times_ejected == 0
+    }
+}
+
+/// Weights by host and the smooth weighted round-robin counters.
+#[derive(Debug, Default)]
+struct WeightTable {
+    /// `Endpoints::id` of the host set these weights came from.
+    id: u64,
+    weight: HashMap<SocketAddr, u32>,
+    current: HashMap<SocketAddr, i64>,
+}
+
 /// One cluster's counters.
 pub struct ClusterState {
     limits: Limits,
@@ -68,6 +89,8 @@ pub struct ClusterState {
     rr: AtomicUsize,
     known_hosts: AtomicUsize,
     hosts: Mutex<HashMap<SocketAddr, HostState>>,
+    /// Endpoint weights of the host set last observed (empty: all equal).
+    weights: Mutex<WeightTable>,
     /// Requests refused by a circuit breaker.
     pub overflows: AtomicU64,
     /// Hosts ejected by outlier detection, ever.
@@ -125,6 +148,7 @@ impl ClusterState {
             rr: AtomicUsize::new(0),
             known_hosts: AtomicUsize::new(0),
             hosts: Mutex::new(HashMap::new()),
+            weights: Mutex::new(WeightTable::default()),
             overflows: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
         }
@@ -180,6 +204,27 @@ impl ClusterState {
         }
     }
 
+    /// Takes the endpoint weights of `endpoints` (the cluster's current host set) for the picks
+    /// that follow; cheap when the set is the one already observed.
+    pub fn observe(&self, endpoints: &Endpoints) {
+        let mut t = self.weights.lock();
+        if t.id == endpoints.id() {
+            return;
+        }
+        t.id = endpoints.id();
+        t.current.clear();
+        t.weight = if endpoints.weighted() {
+            endpoints
+                .addrs
+                .iter()
+                .copied()
+                .zip(endpoints.weights.iter().copied())
+                .collect()
+        } else {
+            HashMap::new()
+        };
+    }
+
     /// Chooses an endpoint among `addrs` by `lb`, skipping ejected hosts (unless fewer than half
     /// are usable: Envoy's panic mode uses all) and, when possible, those in `avoid`.
     pub fn pick(
@@ -195,32 +240,46 @@ impl ClusterState {
         self.known_hosts.store(addrs.len(), Ordering::Relaxed);
         let now = Instant::now();
         let hosts = self.hosts.lock();
-        let usable: Vec<SocketAddr> = addrs
-            .iter()
-            .copied()
-            .filter(|a| {
-                hosts
-                    .get(a)
-                    .and_then(|h| h.ejected_until)
-                    .is_none_or(|t| t <= now)
-            })
-            .collect();
-        let mut candidates = if usable.len() * 100 < addrs.len() * PANIC_THRESHOLD_PERCENT {
-            addrs.to_vec()
-        } else {
-            usable
-        };
+        // Without ejections or hosts to avoid (the usual case) the candidates are `addrs`
+        // themselves: no copy.
+        let mut candidates: &[SocketAddr] = addrs;
+        let usable: Vec<SocketAddr>;
+        if hosts
+            .values()
+            .any(|h| h.ejected_until.is_some_and(|t| t > now))
+        {
+            usable = addrs
+                .iter()
+                .copied()
+                .filter(|a| {
+                    hosts
+                        .get(a)
+                        .and_then(|h| h.ejected_until)
+                        .is_none_or(|t| t <= now)
+                })
+                .collect();
+            if usable.len() * 100 >= addrs.len() * PANIC_THRESHOLD_PERCENT {
+                candidates = &usable;
+            }
+        }
+        let fresh: Vec<SocketAddr>;
         if candidates.len() > 1 && !avoid.is_empty() {
-            let fresh: Vec<SocketAddr> = candidates
+            fresh = candidates
                 .iter()
                 .copied()
                 .filter(|a| !avoid.contains(a))
                 .collect();
             if !fresh.is_empty() {
-                candidates = fresh;
+                candidates = &fresh;
             }
         }
         let n = candidates.len();
+        let mut table = self.weights.lock();
+        if !table.weight.is_empty() {
+            let load = |x: &SocketAddr| hosts.get(x).map_or(0, |h| h.active);
+            return Some(weighted_pick(&mut table, candidates, lb, roll, load));
+        }
+        drop(table);
         let chosen = match lb {
             LbPolicy::RoundRobin => candidates[self.rr.fetch_add(1, Ordering::Relaxed) % n],
             LbPolicy::Random => candidates[(roll % n as u64) as usize],
@@ -265,6 +324,22 @@ impl ClusterState {
             .values()
             .filter(|h| h.ejected_until.is_some_and(|t| t > now))
             .count();
+        let ejected = self.judge(&mut hosts, addr, now, ejected_now, outcome, od);
+        if hosts.get(&addr).is_some_and(HostState::is_idle) {
+            hosts.remove(&addr);
+        }
+        ejected
+    }
+
+    fn judge(
+        &self,
+        hosts: &mut HashMap<SocketAddr, HostState>,
+        addr: SocketAddr,
+        now: Instant,
+        ejected_now: usize,
+        outcome: HostOutcome,
+        od: Option<&OutlierDetection>,
+    ) -> bool {
         let h = hosts.entry(addr).or_default();
         h.active = h.active.saturating_sub(1);
         let status = match outcome {
@@ -322,6 +397,73 @@ impl ClusterState {
     /// Requests currently counted as pending (waiting for a connection).
     pub fn pending(&self) -> u32 {
         self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// A pick that honours endpoint weights: smooth weighted round robin, weighted random,
+/// least request over two weighted draws comparing (active + 1) / weight, and weighted
+/// rendezvous hashing (score = weight / -ln(u)).
+fn weighted_pick(
+    table: &mut WeightTable,
+    candidates: &[SocketAddr],
+    lb: LbPolicy,
+    roll: u64,
+    load: impl Fn(&SocketAddr) -> u32,
+) -> SocketAddr {
+    let weight =
+        |t: &WeightTable, a: &SocketAddr| u64::from(t.weight.get(a).copied().unwrap_or(1).max(1));
+    let total: u64 = candidates.iter().map(|a| weight(table, a)).sum();
+    let draw = |t: &WeightTable, r: u64| {
+        let mut x = r % total.max(1);
+        for a in candidates {
+            let w = weight(t, a);
+            if x < w {
+                return *a;
+            }
+            x -= w;
+        }
+        candidates[candidates.len() - 1]
+    };
+    match lb {
+        LbPolicy::RoundRobin => {
+            let mut best = candidates[0];
+            let mut best_value = i64::MIN;
+            for a in candidates {
+                let w = weight(table, a) as i64;
+                let cur = table.current.entry(*a).or_insert(0);
+                *cur += w;
+                if *cur > best_value {
+                    best_value = *cur;
+                    best = *a;
+                }
+            }
+            if let Some(c) = table.current.get_mut(&best) {
+                *c -= total as i64;
+            }
+            best
+        }
+        LbPolicy::Random => draw(table, roll),
+        LbPolicy::LeastRequest => {
+            let a = draw(table, roll & 0xffff_ffff);
+            let b = draw(table, roll >> 32);
+            let (la, lb_) = (u64::from(load(&a)) + 1, u64::from(load(&b)) + 1);
+            // b wins when its load per unit of weight is lower.
+            if lb_ * weight(table, &a) < la * weight(table, &b) {
+                b
+            } else {
+                a
+            }
+        }
+        LbPolicy::RingHash => {
+            let score = |a: &SocketAddr| {
+                let u = ((rendezvous(roll, a) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                weight(table, a) as f64 / -u.ln()
+            };
+            *candidates
+                .iter()
+                .max_by(|x, y| score(x).total_cmp(&score(y)))
+                .unwrap_or(&candidates[0])
+        }
     }
 }
 
@@ -502,5 +644,73 @@ mod tests {
         s.host_finished(a[0], HostOutcome::Status(500), Some(&od));
         assert!(s.is_ejected(a[0]));
         assert_eq!(s.pick(&a, LbPolicy::RoundRobin, &[], 0), Some(a[0]));
+    }
+
+    fn weighted(weights: &[u32]) -> Endpoints {
+        Endpoints::from_endpoints(
+            addrs(weights.len() as u16)
+                .into_iter()
+                .zip(weights)
+                .map(|(addr, w)| super::super::endpoints::Endpoint {
+                    addr,
+                    weight: *w,
+                    priority: 0,
+                    locality: None,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn endpoint_weights_shape_every_policy() {
+        let e = weighted(&[1, 3]);
+        let a = e.addrs.clone();
+        let s = ClusterState::new(Limits::default());
+        s.observe(&e);
+        // Smooth weighted round robin: 1:3, interleaved.
+        let rr: Vec<_> = (0..8)
+            .map(|_| s.pick(&a, LbPolicy::RoundRobin, &[], 0).unwrap())
+            .collect();
+        assert_eq!(rr.iter().filter(|x| **x == a[1]).count(), 6);
+        assert_eq!(rr[..4].iter().filter(|x| **x == a[0]).count(), 1);
+        // Weighted random: rolls 0 → a[0], 1..=3 → a[1].
+        assert_eq!(s.pick(&a, LbPolicy::Random, &[], 0), Some(a[0]));
+        for r in 1..4 {
+            assert_eq!(s.pick(&a, LbPolicy::Random, &[], r), Some(a[1]));
+        }
+        // Weighted rendezvous: the heavy host gets most keys.
+        let heavy = (0..400u64)
+            .filter(|k| s.pick(&a, LbPolicy::RingHash, &[], *k) == Some(a[1]))
+            .count();
+        assert!((240..=360).contains(&heavy), "{heavy} of 400 keys");
+        // Least request: a[1] has 3 active (1 per unit of weight), a[0] 2 (2 per unit): a[1].
+        for _ in 0..3 {
+            s.host_started(a[1]);
+        }
+        s.host_started(a[0]);
+        s.host_started(a[0]);
+        let roll = 1u64 << 32; // draws a[0] then a[1]
+        assert_eq!(s.pick(&a, LbPolicy::LeastRequest, &[], roll), Some(a[1]));
+        // Equal weights observed: plain round robin again.
+        s.observe(&Endpoints::new(a.clone()));
+        let rr: Vec<_> = (0..4)
+            .map(|_| s.pick(&a, LbPolicy::RoundRobin, &[], 0).unwrap())
+            .collect();
+        assert_eq!(rr.iter().filter(|x| **x == a[0]).count(), 2);
+    }
+
+    #[test]
+    fn idle_host_entries_are_dropped() {
+        let a = addrs(1);
+        let s = ClusterState::new(Limits::default());
+        s.host_started(a[0]);
+        s.host_finished(a[0], HostOutcome::Status(200), None);
+        assert!(
+            s.hosts.lock().is_empty(),
+            "an original-destination host leaves no trace"
+        );
+        s.host_started(a[0]);
+        s.host_finished(a[0], HostOutcome::Status(503), None);
+        assert_eq!(s.hosts.lock().len(), 1, "a failure is remembered");
     }
 }

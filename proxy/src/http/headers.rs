@@ -9,29 +9,63 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `x-forwarded-client-cert`.
 pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
+/// `keep-alive` (no constant in `http`).
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// `proxy-connection`.
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The hop-by-hop headers (RFC 9110 and the usual non-standard ones), by index in a bit set.
+fn hop_by_hop() -> [&'static HeaderName; 8] {
+    [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &http::header::PROXY_AUTHENTICATE,
+        &http::header::PROXY_AUTHORIZATION,
+        &http::header::TE,
+        &http::header::TRAILER,
+        &http::header::UPGRADE,
+    ]
+}
+
+/// The bit of `name` in the hop-by-hop set, if it is one.
+fn hop_by_hop_bit(name: &HeaderName) -> Option<u8> {
+    let bit = match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "upgrade" => 7,
+        _ => return None,
+    };
+    Some(1 << bit)
+}
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 /// (`transfer-encoding` is left to hyper, which re-frames the body on each hop.)
 /// Kept for the next hop: an upgrade's `Connection: upgrade` + `Upgrade` (requests and the
 /// 101), and `te: trailers` (gRPC).
+///
+/// One pass over the names finds which are present; only those are removed (most messages
+/// carry none, or only `Connection: keep-alive`).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let present = headers
+        .keys()
+        .filter_map(hop_by_hop_bit)
+        .fold(0u8, |set, bit| set | bit);
+    if present == 0 {
+        return;
+    }
     let upgrade = super::server::wants_upgrade(headers)
         .then(|| headers.get(http::header::UPGRADE).cloned())
         .flatten();
     let te_trailers = headers
         .get(http::header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    strip_all_hop_by_hop(headers);
+    strip_all_hop_by_hop(headers, present);
     if let Some(u) = upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(http::header::UPGRADE, u);
@@ -41,41 +75,60 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn strip_all_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
+/// Removes the hop-by-hop headers in the bit set `present`, and those `Connection` names.
+fn strip_all_hop_by_hop(headers: &mut HeaderMap, present: u8) {
+    if present & 1 != 0 {
+        // Names other than the fixed hop-by-hop ones (which go below anyway).
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|n| {
+                !n.eq_ignore_ascii_case("close")
+                    && !n.eq_ignore_ascii_case("keep-alive")
+                    && !n.eq_ignore_ascii_case("upgrade")
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for n in named {
             headers.remove(n);
         }
     }
-    for h in HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in hop_by_hop().into_iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
 }
 
-/// Adds a random `x-request-id` when the request has none.
+/// Adds a random `x-request-id` (a UUID v4) when the request has none.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
     if headers.contains_key(&X_REQUEST_ID) {
         return;
     }
     let n: u128 = rand::rng().random();
-    let s = format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        (n >> 96) as u32,
-        (n >> 80) as u16,
-        (n >> 68) as u16 & 0xfff,
-        ((n >> 52) as u16 & 0x3fff) | 0x8000,
-        n as u64 & 0xffff_ffff_ffff
-    );
-    if let Ok(v) = HeaderValue::from_str(&s) {
+    // Version 4, variant 10xx.
+    let n = (n & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    if let Ok(v) = HeaderValue::from_bytes(&uuid_text(n)) {
         headers.insert(X_REQUEST_ID.clone(), v);
     }
+}
+
+/// `n` as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (lower-case hex), without allocating.
+fn uuid_text(n: u128) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut nibble = 32;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        nibble -= 1;
+        *slot = HEX[((n >> (nibble * 4)) & 0xf) as usize];
+    }
+    out
 }
 
 /// The request's authority: from an absolute-form URI (proxy form), else the `Host` header.
@@ -93,6 +146,24 @@ pub fn authority<B>(req: &Request<B>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_hop_by_hop_header_goes() {
+        for h in hop_by_hop() {
+            assert!(hop_by_hop_bit(h).is_some(), "{h}");
+            let mut m = HeaderMap::new();
+            m.insert(h.clone(), "x".parse().unwrap());
+            m.insert("end-user", "jason".parse().unwrap());
+            strip_hop_by_hop(&mut m);
+            assert_eq!(m.len(), 1, "{h}: {m:?}");
+        }
+        let mut m = HeaderMap::new();
+        m.insert("Connection", "Keep-Alive, X-Gone, close".parse().unwrap());
+        m.insert("x-gone", "1".parse().unwrap());
+        m.insert("Keep-Alive", "timeout=5".parse().unwrap());
+        strip_hop_by_hop(&mut m);
+        assert!(m.is_empty(), "{m:?}");
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
@@ -132,6 +203,22 @@ mod tests {
         ensure_request_id(&mut h);
         let id = h[&X_REQUEST_ID].clone();
         assert_eq!(id.len(), 36);
+        let s = id.to_str().unwrap();
+        let parts: Vec<&str> = s.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'), "version 4: {s}");
+        assert!(
+            matches!(&parts[3][..1], "8" | "9" | "a" | "b"),
+            "variant: {s}"
+        );
+        assert!(s.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+        assert_eq!(
+            &uuid_text(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
+            b"01234567-89ab-cdef-0011-223344556677"
+        );
         ensure_request_id(&mut h);
         assert_eq!(h[&X_REQUEST_ID], id);
     }

@@ -11,7 +11,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::authz::{Decision, JwtError, RBAC_DENIED, RequestView};
-use crate::mixer::{CheckOutcome, RequestAttributes, add_response};
+use crate::mixer::{RequestAttributes, add_response, default_policy};
 use crate::trace::{HopKind, HopRequest, server_span_name};
 use crate::xds::Config;
 
@@ -32,8 +32,12 @@ pub struct InboundConn {
     /// The peer's SPIFFE id (empty for plaintext or a certificate without one).
     pub peer: Arc<str>,
     pub remote: SocketAddr,
-    /// The local address it arrived on (its port selects the peer authentication mode).
+    /// The local address it arrived on (its port selects the peer authentication mode);
+    /// on the inbound capture listener, the original destination.
     pub local: SocketAddr,
+    /// Where its requests go: `--app-addr`, or on the inbound capture listener the
+    /// application's port the connection was going to.
+    pub app: SocketAddr,
     /// Mutual TLS (else plaintext).
     pub mtls: bool,
 }
@@ -78,15 +82,15 @@ pub async fn handle(
         let mut e = AccessLogEntry::start(&req, Some(remote), Reporter::Destination, request_bytes);
         e.downstream_peer_principal = non_empty(peer);
         // Istio's inbound cluster for the application's port.
-        e.upstream_cluster = Some(format!("inbound|{}||", ctx.app_addr.port()));
-        e.upstream_host = Some(ctx.app_addr.to_string());
+        e.upstream_cluster = Some(format!("inbound|{}||", conn.app.port()));
+        e.upstream_host = Some(conn.app.to_string());
         e
     });
     // This hop's SERVER span, a child of the caller's CLIENT span.
     let span = ctx.tracer.as_ref().map(|t| {
         let port = service_port(&authority, &service_labels.fqdn)
             .or_else(|| endpoint_port(&ctx.config.load(), &service_labels.fqdn, conn.local))
-            .unwrap_or(ctx.app_addr.port());
+            .unwrap_or(conn.app.port());
         t.start(HopRequest {
             kind: HopKind::Server,
             name: server_span_name(&service_labels.fqdn, port),
@@ -180,14 +184,21 @@ pub async fn handle(
             headers: req.headers(),
             mtls,
         };
-        let bag = attrs.to_bag();
-        if let CheckOutcome::Deny { message, .. } = mixer.check(&bag).await {
-            return finish(
-                flags::UNAUTHORIZED_EXTERNAL,
-                text(StatusCode::FORBIDDEN, message),
-            );
+        let mut bag = attrs.to_bag();
+        // Pilot's `mixer` filter on virtualInbound: the destination service's quotas and the
+        // network fail policy.
+        let config = ctx.config.load();
+        let policy = default_policy(
+            config.mixer_filter(crate::authz::INBOUND_LISTENER),
+            &service_labels.fqdn,
+            &mut bag,
+        );
+        if !policy.skip_check
+            && let Some((status, body)) = mixer.check_request(&bag, &policy).await.rejection()
+        {
+            return finish(flags::UNAUTHORIZED_EXTERNAL, text(status, body));
         }
-        report_bag = Some(bag);
+        report_bag = (!policy.skip_report).then_some(bag);
     }
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
@@ -204,7 +215,7 @@ pub async fn handle(
     if let Some(p) = &propagation {
         p.inject(headers);
     }
-    let mut resp = match ctx.upstream.send(ctx.app_addr, None, req).await {
+    let mut resp = match ctx.upstream.send(conn.app, None, req).await {
         Ok(r) => r,
         Err(e) => {
             ctx.metrics.upstream_error("app");
@@ -216,7 +227,7 @@ pub async fn handle(
                 flag,
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("application at {}: {e}", ctx.app_addr),
+                    format!("application at {}: {e}", conn.app),
                 ),
             );
         }

@@ -101,7 +101,7 @@ pub fn record_on_end(
     log: Option<AccessLogEntry>,
 ) -> Response<Body> {
     let access_log = ctx.access_log.clone();
-    let metrics = ctx.metrics.clone();
+    let recorder = ctx.metrics.recorder.clone();
     let grpc = resp
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -118,7 +118,7 @@ pub fn record_on_end(
             labels.grpc_response_status = s;
         }
         let duration = started.elapsed();
-        metrics.record_request(&labels, duration, request_bytes, response_bytes);
+        recorder.record(&labels, duration, request_bytes, response_bytes);
         if let (Some(access_log), Some(mut e)) = (access_log, log) {
             e.bytes_sent = response_bytes;
             e.duration = duration.as_millis() as u64;

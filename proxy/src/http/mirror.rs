@@ -34,18 +34,21 @@ pub fn send(ctx: &ProxyContext, mirrors: &[Mirror], head: &RequestHead, body: &B
             ctx.metrics.upstream_error("mirror_unknown_cluster");
             continue;
         };
-        let addrs = config
-            .endpoints_of(cluster)
-            .map_or(&[][..], |e| e.addrs.as_slice());
+        let found = config.endpoints_of(cluster);
+        let addrs = found.map_or(&[][..], |e| e.addrs.as_slice());
         let state = ctx.upstream.clusters.get(cluster);
+        if let Some(e) = found {
+            // Endpoint weights for the load balancer.
+            state.observe(e);
+        }
         let Some(endpoint) = state.pick(addrs, cluster.lb, &[], rand::rng().random()) else {
             ctx.metrics.upstream_error("mirror_no_endpoint");
             continue;
         };
         let tls = match &cluster.tls {
             None => None,
-            Some(t) => match ctx.identity.get() {
-                Some(id) => Some(id.client_config(&t.expected_sans)),
+            Some(t) => match crate::tls::upstream_client_config(t, &ctx.identity) {
+                Some(cfg) => Some(cfg),
                 None => continue,
             },
         };

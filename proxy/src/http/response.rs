@@ -3,7 +3,6 @@
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::Incoming;
 
 /// The body of every response the proxy sends downstream.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -26,8 +25,8 @@ pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
 }
 
 /// An upstream response, streamed through.
-pub fn streamed(resp: Response<Incoming>) -> Response<Body> {
-    resp.map(|b| b.boxed())
+pub fn streamed(resp: Response<Body>) -> Response<Body> {
+    resp
 }
 
 /// The `content-length` of a message, or 0.

@@ -19,6 +19,8 @@ use crate::cluster::{Cluster, ClusterState, HostOutcome, LbPolicy, Overflow};
 use crate::routing::{AttemptOutcome, RetryPolicy};
 
 use super::context::ProxyContext;
+use super::held::Held;
+use super::response::Body;
 use super::upstream::{BoxError, UpstreamError};
 
 /// Bodies up to this size are buffered so that a request can be retried; bigger (or unknown
@@ -83,6 +85,16 @@ impl RequestHead {
         *req.headers_mut() = self.headers.clone();
         req
     }
+
+    /// [`RequestHead::build`] for the last attempt: the URI and headers move, not copied.
+    fn take<B>(&mut self, body: B) -> Request<B> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = std::mem::take(&mut self.uri);
+        *req.version_mut() = self.version;
+        *req.headers_mut() = std::mem::take(&mut self.headers);
+        req
+    }
 }
 
 /// Where and how to forward.
@@ -116,7 +128,9 @@ pub enum ForwardError {
 
 /// An upstream response and how it was obtained.
 pub struct Forwarded {
-    pub response: Response<Incoming>,
+    /// The upstream response; its body holds the request's circuit breaker admission until it
+    /// ends (the connection is busy until then).
+    pub response: Response<Body>,
     pub endpoint: SocketAddr,
     /// Retries made (0: the first attempt answered).
     pub retries: u32,
@@ -168,10 +182,21 @@ pub async fn forward(
             return Err(ForwardError::NoEndpoint);
         };
         let admission = target.state.admit().await.map_err(ForwardError::Overflow)?;
-        tried.push(endpoint);
+        if retry < retries_allowed {
+            // Only a later attempt looks at it.
+            tried.push(endpoint);
+        }
         target.state.host_started(endpoint);
+        // No retry can follow this attempt: its request takes the head.
+        let last = retry >= retries_allowed;
         let req = match streaming.take() {
+            Some(b) if last => head.take(b.map_err(BoxError::from).boxed_unsync()),
             Some(b) => head.build(b.map_err(BoxError::from).boxed_unsync()),
+            None if last => head.take(
+                Full::new(replay.clone().unwrap_or_default())
+                    .map_err(|never| -> BoxError { match never {} })
+                    .boxed_unsync(),
+            ),
             None => head.build(
                 Full::new(replay.clone().unwrap_or_default())
                     .map_err(|never| -> BoxError { match never {} })
@@ -184,7 +209,6 @@ pub async fn forward(
             None => Some(sent.await),
             Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
         };
-        drop(admission);
         let outcome = match &result {
             None => AttemptOutcome::PerTryTimeout,
             Some(Ok(r)) => AttemptOutcome::Response {
@@ -211,6 +235,8 @@ pub async fn forward(
         if retriable && retry < retries_allowed {
             match target.state.try_retry() {
                 Some(token) => {
+                    // This attempt is over: its slot is free during the back-off.
+                    drop(admission);
                     _retry_token = Some(token);
                     retry += 1;
                     ctx.metrics.upstream_error("retry");
@@ -245,7 +271,7 @@ pub async fn forward(
                 exhausted,
             }),
             Some(Ok(response)) => Ok(Forwarded {
-                response,
+                response: response.map(|b| Held::new(b, admission).boxed()),
                 endpoint,
                 retries: retry,
                 exhausted,

@@ -4,12 +4,15 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use rand::Rng;
 
-use crate::mixer::{CheckOutcome, RequestAttributes, add_response};
+use crate::cluster::{Discovery, OriginalDestination, authority_target};
+use crate::mixer::{RequestAttributes, add_response, default_policy};
 use crate::routing;
 use crate::trace::{HopKind, HopRequest, HopSpan, client_span_name};
 
@@ -20,7 +23,7 @@ use super::fault::{self, Injected};
 use super::headers::{authority, ensure_request_id, strip_hop_by_hop};
 use super::metered::record_on_end;
 use super::mirror;
-use super::response::{Body, content_length, streamed, text};
+use super::response::{Body, content_length, text};
 use super::retry::{self, ForwardError, RequestBody, RequestHead, Target};
 use super::telemetry::{
     DESTINATION_SERVICE, Outcome, Party, Reporter, Service, Workload, flags, request_labels,
@@ -127,6 +130,7 @@ pub async fn handle(
     let entry = ctx
         .access_log
         .as_ref()
+        .filter(|l| l.logs(Reporter::Source))
         .map(|_| AccessLogEntry::start(&req, Some(remote), Reporter::Source, request_bytes));
     let no_route = |msg: String| {
         Record {
@@ -154,31 +158,36 @@ pub async fn handle(
         return no_route(format!("no route for {authority}{}", req.uri().path()));
     };
     let Some(cluster_name) = selected.cluster else {
-        let location = match &selected.route.action {
-            routing::RouteAction::Redirect(r) => Some((
+        // A redirect or a direct response: answered here, with the route's header operations.
+        let mut resp = match &selected.route.action {
+            routing::RouteAction::Redirect(r) => redirect_response(
                 r.code,
-                r.location(
+                &r.location(
                     &authority,
                     req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
                 ),
-            )),
-            _ => None,
+            ),
+            routing::RouteAction::DirectResponse(d) => direct_response(d),
+            _ => return no_route(format!("route {:?} has no target", selected.route.name)),
         };
-        return match location {
-            Some((code, location)) => Record {
-                ctx,
-                started,
-                service: Service::from_host(&authority, &ctx.workload.namespace),
-                request_bytes,
-                log: entry.map(|mut e| {
-                    e.route_name = non_empty(&selected.route.name);
-                    e
-                }),
-                span: None,
-            }
-            .finish(None, false, flags::NONE, redirect_response(code, &location)),
-            None => no_route(format!("route {:?} has no target", selected.route.name)),
-        };
+        selected
+            .route
+            .forwarding
+            .headers
+            .response
+            .apply(resp.headers_mut());
+        return Record {
+            ctx,
+            started,
+            service: Service::from_host(&authority, &ctx.workload.namespace),
+            request_bytes,
+            log: entry.map(|mut e| {
+                e.route_name = non_empty(&selected.route.name);
+                e
+            }),
+            span: None,
+        }
+        .finish(None, false, flags::NONE, resp);
     };
     let service = service_of_cluster(cluster_name);
     // This hop's CLIENT span (Istio names it after the route's destination).
@@ -219,18 +228,39 @@ pub async fn handle(
             ),
         );
     };
-    let endpoints: &[SocketAddr] = config
-        .endpoints_of(cluster)
-        .map_or(&[], |e| e.addrs.as_slice());
+    let discovery = config.discovery_of(cluster_name);
+    let original: [SocketAddr; 1];
+    let endpoints: &[SocketAddr] = match discovery {
+        // PassthroughCluster: the one host is where the downstream was going.
+        Discovery::OriginalDst => match original_destination(&req, &authority).await {
+            Some(a) => {
+                original = [a];
+                &original
+            }
+            None => &[],
+        },
+        _ => config
+            .endpoints_of(cluster)
+            .map_or(&[], |e| e.addrs.as_slice()),
+    };
     if endpoints.is_empty() {
-        ctx.metrics.upstream_error("no_endpoint");
+        let (reason, why) = match discovery {
+            // BlackHoleCluster: a STATIC cluster without endpoints.
+            Discovery::Static => ("blackhole", "has no endpoints (STATIC)"),
+            Discovery::OriginalDst => (
+                "no_original_dst",
+                "has no original destination for this request",
+            ),
+            _ => ("no_endpoint", "has no endpoints"),
+        };
+        ctx.metrics.upstream_error(reason);
         return record.finish(
             None,
             false,
             flags::NO_HEALTHY_UPSTREAM,
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("no healthy upstream: cluster {cluster_name} has no endpoints"),
+                format!("no healthy upstream: cluster {cluster_name} {why}"),
             ),
         );
     }
@@ -253,22 +283,26 @@ pub async fn handle(
             headers: req.headers(),
             mtls: false,
         };
-        let bag = attrs.to_bag();
-        if let CheckOutcome::Deny { message, .. } = mixer.check(&bag).await {
+        let mut bag = attrs.to_bag();
+        // Pilot's `mixer` filter on this listener: quotas and the network fail policy.
+        let policy = default_policy(config.mixer_filter(listener), service, &mut bag);
+        if !policy.skip_check
+            && let Some((status, body)) = mixer.check_request(&bag, &policy).await.rejection()
+        {
             return record.finish(
                 None,
                 false,
                 flags::UNAUTHORIZED_EXTERNAL,
-                text(StatusCode::FORBIDDEN, message),
+                text(status, body),
             );
         }
-        report_bag = Some(bag);
+        report_bag = (!policy.skip_report).then_some(bag);
     }
 
     let tls = match &cluster.tls {
         None => None,
-        Some(t) => match ctx.identity.get() {
-            Some(id) => Some(id.client_config(&t.expected_sans)),
+        Some(t) => match crate::tls::upstream_client_config(t, &ctx.identity) {
+            Some(cfg) => Some(cfg),
             None => {
                 ctx.metrics.upstream_error("no_identity");
                 return record.finish(
@@ -285,7 +319,12 @@ pub async fn handle(
             }
         },
     };
-    let mtls = tls.is_some();
+    // Mesh mTLS only: TLS origination to an outside server is not a sidecar hop.
+    let mtls = tls.is_some()
+        && cluster
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.origination.is_none());
     let forwarding = &selected.route.forwarding;
     // CORS (before fault injection, in Istio's filter order): allowed preflights end here.
     let cors_origin = forwarding
@@ -402,11 +441,18 @@ pub async fn handle(
             remote.ip(),
         )
     };
+    let state = ctx.upstream.clusters.get(cluster);
+    if *discovery != Discovery::OriginalDst
+        && let Some(e) = config.endpoints_arc(cluster)
+    {
+        // Endpoint weights for the load balancer.
+        state.observe(e);
+    }
     let target = Target {
         hash,
         cluster,
         endpoints,
-        state: ctx.upstream.clusters.get(cluster),
+        state,
         tls,
         retry: forwarding.retry.as_ref(),
     };
@@ -550,7 +596,7 @@ pub async fn handle(
         } else {
             flags::NONE
         },
-        streamed(resp),
+        resp,
     )
 }
 
@@ -559,6 +605,43 @@ fn rewrite_path(uri: &http::Uri, path_and_query: &str) -> Option<http::Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query.parse().ok()?);
     http::Uri::from_parts(parts).ok()
+}
+
+/// Where an ORIGINAL_DST cluster sends the request: the capture listener's original
+/// destination when there is one, else the request's authority (port 80 when it names none;
+/// a host name is looked up with the system resolver, first address).
+async fn original_destination(req: &Request<Incoming>, authority: &str) -> Option<SocketAddr> {
+    if let Some(OriginalDestination(a)) = req.extensions().get::<OriginalDestination>() {
+        return Some(*a);
+    }
+    match authority_target(authority, 80)? {
+        Ok(a) => Some(a),
+        Err((host, port)) => match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(mut addrs) => addrs.next(),
+            Err(e) => {
+                tracing::debug!(%host, error = %e, "original destination lookup failed");
+                None
+            }
+        },
+    }
+}
+
+/// A route's `direct_response`: its status and body (`text/plain` when there is a body, as
+/// Envoy sends it).
+fn direct_response(d: &routing::DirectResponse) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(d.body.clone()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK);
+    if !d.body.is_empty() {
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+    }
+    resp
 }
 
 /// A redirect answer with `Location`.

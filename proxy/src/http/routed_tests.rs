@@ -140,6 +140,7 @@ async fn proxy_with(
             route_config_name: Some("r".into()),
             inbound: None,
             tcp: None,
+            mixer: None,
         },
     );
     config.routes.insert("r".into(), Arc::new(table));

@@ -136,8 +136,12 @@ impl Workload {
     }
 }
 
-/// Removes the `x-mesh-peer-*` and `x-mesh-destination-service` headers.
+/// Removes the `x-mesh-peer-*` and `x-mesh-destination-service` headers (one pass over the
+/// names first: most messages carry none).
 pub fn strip_peer_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(|n| n.as_str().starts_with("x-mesh-")) {
+        return;
+    }
     for h in [
         &PEER_WORKLOAD,
         &PEER_NAMESPACE,

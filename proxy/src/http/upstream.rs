@@ -1,8 +1,9 @@
 //! Upstream connections: a keep-alive pool per endpoint, plaintext or mTLS, HTTP/1.1 or HTTP/2.
 //!
-//! Built on hyper-util's pooled client with a connector that dials the endpoint and, for mTLS
-//! clusters, runs the rustls handshake with the workload's client configuration (which checks
-//! the server's SPIFFE SAN). The peer identity travels to the response as an extension.
+//! HTTP/1.1 hops go through [`H1Pool`] (keep-alive connections per endpoint, no task or URI
+//! per request); HTTP/2 hops through hyper-util's pooled client. Both dial the endpoint and, for
+//! mTLS clusters, run the rustls handshake with the workload's client configuration (which
+//! checks the server's SPIFFE SAN). The peer identity travels to the response as an extension.
 //!
 //! Between sidecars the upstream hop speaks the protocol the request arrived in: HTTP/2
 //! requests go out over HTTP/2 (ALPN `istio-h2`), multiplexed on one pooled connection per
@@ -23,7 +24,6 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -34,6 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::alpn::{self, HopProtocol};
+use super::pool::H1Pool;
+use super::response::Body;
 use crate::cluster::ClusterStates;
 
 /// The SPIFFE id the upstream presented (on responses over mTLS).
@@ -75,39 +77,50 @@ impl tower::Service<Uri> for MeshConnector {
                 .ok_or_else(|| {
                     io::Error::new(io::ErrorKind::InvalidInput, format!("bad endpoint {uri}"))
                 })?;
-            let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connect to {addr} timed out"),
-                    )
-                })??;
-            let _ = tcp.set_nodelay(true);
-            let stream = match tls {
-                None => MeshStream::Plain(tcp),
-                Some(cfg) => {
-                    // Identity is checked by SPIFFE SAN in the verifier; the name is not.
-                    let name = ServerName::IpAddress(addr.ip().into());
-                    let tls = tokio::time::timeout(
-                        timeout,
-                        tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
-                    )
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("tls handshake with {addr} timed out"),
-                        )
-                    })??;
-                    let peer =
-                        mesh_identity::peer_identity(tls.get_ref().1).map(|id| id.to_string());
-                    MeshStream::Tls(Box::new(tls), peer)
-                }
-            };
-            Ok(TokioIo::new(stream))
+            Ok(TokioIo::new(dial(addr, tls, timeout).await?))
         })
     }
+}
+
+/// Connects to `addr` (TCP_NODELAY), then runs the mTLS handshake when `tls` is given, each
+/// within `timeout`.
+pub(super) async fn dial(
+    addr: SocketAddr,
+    tls: Option<Arc<ClientConfig>>,
+    timeout: Duration,
+) -> io::Result<MeshStream> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {addr} timed out"),
+            )
+        })?
+        .map_err(|e| io::Error::new(e.kind(), format!("tcp connect to {addr}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(match tls {
+        None => MeshStream::Plain(tcp),
+        Some(cfg) => {
+            // Mesh mTLS: identity is checked by SPIFFE SAN in the verifier; the name is not.
+            // TLS origination: the SNI its configuration was built for.
+            let name = crate::tls::origination::server_name_of(&cfg)
+                .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+            let tls = tokio::time::timeout(
+                timeout,
+                tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+            )
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("tls handshake with {addr} timed out"),
+                )
+            })??;
+            let peer = mesh_identity::peer_identity(tls.get_ref().1).map(|id| id.to_string());
+            MeshStream::Tls(Box::new(tls), peer)
+        }
+    })
 }
 
 /// A connection to an endpoint.
@@ -117,6 +130,16 @@ pub enum MeshStream {
         Box<tokio_rustls::client::TlsStream<TcpStream>>,
         Option<String>,
     ),
+}
+
+impl MeshStream {
+    /// The SPIFFE id the upstream presented (mTLS).
+    pub fn peer(&self) -> Option<&str> {
+        match self {
+            MeshStream::Tls(_, peer) => peer.as_deref(),
+            MeshStream::Plain(_) => None,
+        }
+    }
 }
 
 impl Connection for MeshStream {
@@ -175,6 +198,11 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 type PooledClient = Client<MeshConnector, UpstreamBody>;
 
+/// How long an upstream connection may stay idle in a pool.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per endpoint (and TLS configuration).
+const POOL_MAX_IDLE_PER_HOST: usize = 64;
+
 /// A workload TLS configuration and the pool built from it.
 type TlsPool = (Arc<ClientConfig>, PooledClient);
 
@@ -185,8 +213,8 @@ fn client(
 ) -> PooledClient {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(64);
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST);
     if protocol == HopProtocol::Http2 {
         builder
             .timer(hyper_util::rt::TokioTimer::new())
@@ -228,6 +256,11 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
 /// The upstream side: pooled clients for plaintext and per mTLS configuration (each for
 /// HTTP/1.1 and HTTP/2), and each cluster's load balancing, circuit breaker and outlier state.
 pub struct Upstream {
+    /// HTTP/1.1, plaintext and mTLS (the common hop).
+    h1: Arc<H1Pool>,
+    /// The HTTP/1 client configuration derived from each workload configuration, by the
+    /// latter's address (which the entry holds so that it is not reused meanwhile).
+    h1_tls: Mutex<HashMap<usize, (Arc<ClientConfig>, Arc<ClientConfig>)>>,
     plain: PooledClient,
     plain_h2: PooledClient,
     connect_timeout: Duration,
@@ -247,6 +280,12 @@ impl Default for Upstream {
 impl Upstream {
     pub fn new(connect_timeout: Duration) -> Self {
         Upstream {
+            h1: Arc::new(H1Pool::new(
+                connect_timeout,
+                POOL_IDLE_TIMEOUT,
+                POOL_MAX_IDLE_PER_HOST,
+            )),
+            h1_tls: Mutex::new(HashMap::new()),
             plain: client(None, connect_timeout, HopProtocol::Http1),
             plain_h2: client(None, connect_timeout, HopProtocol::Http2),
             connect_timeout,
@@ -318,20 +357,50 @@ impl Upstream {
         }
     }
 
-    /// Sends `req` to `endpoint` (the request URI is rewritten to `http://endpoint/path`),
-    /// over mTLS when `tls` is given, in the request's HTTP version (HTTP/2 stays HTTP/2). The
-    /// logical authority travels in `Host`.
+    /// The HTTP/1 configuration derived from `base` (the same `Arc` while `base` is held).
+    fn h1_tls(&self, base: Arc<ClientConfig>) -> Arc<ClientConfig> {
+        let key = Arc::as_ptr(&base) as usize;
+        let mut map = self.h1_tls.lock();
+        if let Some((_, derived)) = map.get(&key) {
+            return derived.clone();
+        }
+        if map.len() > 256 {
+            map.clear();
+        }
+        let derived = alpn::client_config(&base, HopProtocol::Http1);
+        map.insert(key, (base, derived.clone()));
+        derived
+    }
+
+    /// Sends `req` to `endpoint`, over mTLS when `tls` is given, in the request's HTTP version
+    /// (HTTP/2 stays HTTP/2 between sidecars and for gRPC). The logical authority travels in
+    /// `Host`. HTTP/1 requests go through [`H1Pool`] in origin form; HTTP/2 and CONNECT through
+    /// hyper-util's pooled client.
     pub async fn send<B>(
         &self,
         endpoint: SocketAddr,
         tls: Option<Arc<ClientConfig>>,
         req: Request<B>,
-    ) -> Result<Response<Incoming>, UpstreamError>
+    ) -> Result<Response<Body>, UpstreamError>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+        let (protocol, version) = hop_protocol(&req, tls.is_some());
+        *req.version_mut() = version;
+        if protocol == HopProtocol::Http1 && req.method() != http::Method::CONNECT {
+            if req.uri().authority().is_some() {
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(pq);
+            }
+            let tls = tls.map(|base| self.h1_tls(base));
+            return self.h1.send(endpoint, tls, req).await;
+        }
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri = Uri::builder()
             .scheme(if tls.is_some() { "https" } else { "http" })
@@ -340,24 +409,22 @@ impl Upstream {
             .build()
             .map_err(|e| UpstreamError::Request(e.to_string()))?;
         *req.uri_mut() = uri;
-        let (protocol, version) = hop_protocol(&req, tls.is_some());
-        *req.version_mut() = version;
         // Keyed by the TLS config's identity: a rotated certificate gives a new config and so a
         // fresh pool.
         let client = self.client_for(tls, protocol);
-        client.request(req).await.map_err(|e| {
-            if e.is_connect() {
+        match client.request(req).await {
+            Ok(resp) => Ok(resp.map(|b| b.boxed())),
+            Err(e) if e.is_connect() => {
                 let mut msg = e.to_string();
                 let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
                 while let Some(s) = src {
                     msg = format!("{msg}: {s}");
                     src = s.source();
                 }
-                UpstreamError::Connect(msg)
-            } else {
-                UpstreamError::Request(e.to_string())
+                Err(UpstreamError::Connect(msg))
             }
-        })
+            Err(e) => Err(UpstreamError::Request(e.to_string())),
+        }
     }
 }
 

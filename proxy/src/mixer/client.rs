@@ -3,17 +3,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http::StatusCode;
 use mesh_proto::attributes::{Bag, compress, compress_report};
 use mesh_proto::dictionary;
-use mesh_proto::istio::mixer::v1::CheckRequest;
+use mesh_proto::istio::mixer::v1::check_request::QuotaParams;
 use mesh_proto::istio::mixer::v1::mixer_client::MixerClient as GrpcMixer;
+use mesh_proto::istio::mixer::v1::{CheckRequest, CheckResponse};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use super::cache::{CacheStats, CheckCache, DEFAULT_CAPACITY};
+use super::config::{FailPolicy, RequestPolicy};
 use crate::admin::{CheckLabels, ProxyMetrics};
 
-const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a Check may take before the fail policy decides (Istio's mixer client gives its
+/// gRPC Check calls 5 s).
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// gRPC `RESOURCE_EXHAUSTED`.
+const RESOURCE_EXHAUSTED: i32 = 8;
 const REPORT_BATCH: usize = 100;
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const REPORT_QUEUE: usize = 10_000;
@@ -38,8 +45,76 @@ pub enum CheckOutcome {
         code: i32,
         message: String,
     },
-    /// Mixer unreachable or too slow: let the request through.
+    /// Mixer unreachable or too slow, policy FAIL_OPEN: let the request through.
     FailOpen(String),
+    /// Mixer unreachable or too slow, policy FAIL_CLOSE: 503 `UNAVAILABLE`.
+    FailClose(String),
+    /// A quota was granted less than asked (or refused with a status): `code` is the gRPC
+    /// status (RESOURCE_EXHAUSTED for an exhausted quota).
+    QuotaRefused {
+        code: i32,
+        message: String,
+    },
+}
+
+/// The gRPC status name Istio's mixer filter puts before the message in its response body.
+fn status_name(code: i32) -> &'static str {
+    match code {
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Envoy's gRPC status → HTTP status mapping, as Istio's mixer filter answered a refusal.
+fn http_status(code: i32) -> StatusCode {
+    match code {
+        1 => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        3 | 9 | 11 => StatusCode::BAD_REQUEST,
+        4 => StatusCode::GATEWAY_TIMEOUT,
+        5 => StatusCode::NOT_FOUND,
+        6 | 10 => StatusCode::CONFLICT,
+        7 => StatusCode::FORBIDDEN,
+        8 => StatusCode::TOO_MANY_REQUESTS,
+        12 => StatusCode::NOT_IMPLEMENTED,
+        14 => StatusCode::SERVICE_UNAVAILABLE,
+        16 => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl CheckOutcome {
+    /// The response that ends the request, when Check refused it: a precondition denial is 403
+    /// with Mixer's message; a refused quota and FAIL_CLOSE answer as Istio's mixer filter did
+    /// (`RESOURCE_EXHAUSTED:Quota is exhausted for: <name>` → 429, `UNAVAILABLE:...` → 503).
+    pub fn rejection(&self) -> Option<(StatusCode, String)> {
+        match self {
+            CheckOutcome::Allow | CheckOutcome::FailOpen(_) => None,
+            CheckOutcome::Deny { message, .. } => Some((StatusCode::FORBIDDEN, message.clone())),
+            CheckOutcome::FailClose(reason) => Some((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("UNAVAILABLE:{reason}"),
+            )),
+            CheckOutcome::QuotaRefused { code, message } => Some((
+                http_status(*code),
+                format!("{}:{message}", status_name(*code)),
+            )),
+        }
+    }
 }
 
 /// A Mixer client with its Check cache. Cheap to clone (clones share the cache).
@@ -49,17 +124,28 @@ pub struct MixerClient {
     reports: mpsc::Sender<Bag>,
     metrics: ProxyMetrics,
     cache: Arc<CheckCache<CheckOutcome>>,
+    check_timeout: Duration,
 }
 
 impl MixerClient {
-    /// Connects lazily to `addr` and starts the report task. Must run inside a tokio runtime.
+    /// Connects lazily to `addr` and starts the report task (Check timeout
+    /// [`DEFAULT_CHECK_TIMEOUT`]). Must run inside a tokio runtime.
     pub fn new(addr: &str, metrics: ProxyMetrics) -> Result<Self, MixerError> {
+        Self::with_check_timeout(addr, metrics, DEFAULT_CHECK_TIMEOUT)
+    }
+
+    /// Like [`MixerClient::new`], with Check calls bounded by `check_timeout`.
+    pub fn with_check_timeout(
+        addr: &str,
+        metrics: ProxyMetrics,
+        check_timeout: Duration,
+    ) -> Result<Self, MixerError> {
         let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
             .map_err(|source| MixerError::Address {
                 addr: addr.to_string(),
                 source,
             })?
-            .connect_timeout(CHECK_TIMEOUT)
+            .connect_timeout(check_timeout)
             .connect_lazy();
         let grpc = GrpcMixer::new(channel);
         let (tx, rx) = mpsc::channel(REPORT_QUEUE);
@@ -69,6 +155,7 @@ impl MixerClient {
             reports: tx,
             metrics,
             cache: Arc::new(CheckCache::new(DEFAULT_CAPACITY)),
+            check_timeout,
         })
     }
 
@@ -77,12 +164,31 @@ impl MixerClient {
         self.cache.stats()
     }
 
-    /// Answers from the Check cache when an earlier answer applies to `bag`, else calls Check
-    /// (1 s deadline) and caches the answer by its referenced attributes.
+    /// Check without quotas, failing open: [`MixerClient::check_request`] with the default
+    /// policy.
     pub async fn check(&self, bag: &Bag) -> CheckOutcome {
-        let outcome = match self.cache.lookup(bag, Instant::now()) {
-            Some(cached) => cached,
-            None => self.check_remote(bag).await,
+        self.check_request(bag, &RequestPolicy::default()).await
+    }
+
+    /// Checks a request. Without quotas the answer may come from the Check cache (an earlier
+    /// answer whose referenced attributes agree with `bag`); with quotas Mixer is always asked
+    /// (each `name → amount`, best_effort false) and the request is refused when a quota is
+    /// granted less than asked. Mixer unreachable or slower than the Check timeout: the policy's
+    /// FAIL_OPEN lets the request through, FAIL_CLOSE refuses it.
+    pub async fn check_request(&self, bag: &Bag, policy: &RequestPolicy) -> CheckOutcome {
+        let outcome = if policy.quotas.is_empty() {
+            match self.cache.lookup(bag, Instant::now()) {
+                Some(cached) => {
+                    self.metrics.mixer_check_cache_hits.inc();
+                    cached
+                }
+                None => {
+                    self.metrics.mixer_check_cache_misses.inc();
+                    self.check_remote(bag, policy).await
+                }
+            }
+        } else {
+            self.check_remote(bag, policy).await
         };
         let result = match &outcome {
             CheckOutcome::Allow => "allow",
@@ -92,6 +198,16 @@ impl MixerClient {
                 self.metrics.mixer_fail_open.inc();
                 "fail_open"
             }
+            CheckOutcome::FailClose(reason) => {
+                tracing::warn!(%reason, "mixer check failed; refusing the request (fail close)");
+                self.metrics.mixer_fail_close.inc();
+                "fail_close"
+            }
+            CheckOutcome::QuotaRefused { code, message } => {
+                tracing::info!(code, %message, "request refused: quota");
+                self.metrics.mixer_quota_refused.inc();
+                "quota_refused"
+            }
         };
         self.metrics
             .mixer_checks
@@ -100,42 +216,88 @@ impl MixerClient {
         outcome
     }
 
-    async fn check_remote(&self, bag: &Bag) -> CheckOutcome {
+    async fn check_remote(&self, bag: &Bag, policy: &RequestPolicy) -> CheckOutcome {
         let req = CheckRequest {
             attributes: Some(compress(bag)),
             global_word_count: dictionary::words().len() as u32,
-            ..Default::default()
+            deduplication_id: if policy.quotas.is_empty() {
+                String::new()
+            } else {
+                // Mixer dedups quota allocations per id + quota name: one id per call.
+                format!("{:032x}", rand::random::<u128>())
+            },
+            quotas: policy
+                .quotas
+                .iter()
+                .map(|(name, amount)| {
+                    (
+                        name.clone(),
+                        QuotaParams {
+                            amount: *amount,
+                            best_effort: false,
+                        },
+                    )
+                })
+                .collect(),
         };
         let mut grpc = self.grpc.clone();
-        match tokio::time::timeout(CHECK_TIMEOUT, grpc.check(req)).await {
-            Err(_) => CheckOutcome::FailOpen("mixer check timed out".into()),
-            Ok(Err(status)) => {
-                CheckOutcome::FailOpen(format!("mixer check failed: {}", status.message()))
-            }
-            Ok(Ok(resp)) => {
-                let pre = resp.into_inner().precondition.unwrap_or_default();
-                let outcome = match &pre.status {
-                    Some(s) if s.code != 0 => CheckOutcome::Deny {
-                        code: s.code,
-                        message: s.message.clone(),
-                    },
-                    _ => CheckOutcome::Allow,
+        let failed = |reason: String| match policy.fail_policy {
+            FailPolicy::FailOpen => CheckOutcome::FailOpen(reason),
+            FailPolicy::FailClose => CheckOutcome::FailClose(reason),
+        };
+        match tokio::time::timeout(self.check_timeout, grpc.check(req)).await {
+            Err(_) => failed("mixer check timed out".into()),
+            Ok(Err(status)) => failed(format!("mixer check failed: {}", status.message())),
+            Ok(Ok(resp)) => self.answer(bag, policy, resp.into_inner()),
+        }
+    }
+
+    /// The outcome of a Check response; the precondition goes into the cache.
+    fn answer(&self, bag: &Bag, policy: &RequestPolicy, resp: CheckResponse) -> CheckOutcome {
+        let pre = resp.precondition.unwrap_or_default();
+        let outcome = match &pre.status {
+            Some(s) if s.code != 0 => CheckOutcome::Deny {
+                code: s.code,
+                message: s.message.clone(),
+            },
+            _ => CheckOutcome::Allow,
+        };
+        let valid = pre
+            .valid_duration
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or_default();
+        self.cache.insert(
+            bag,
+            &pre.referenced_attributes.unwrap_or_default(),
+            valid,
+            pre.valid_use_count,
+            outcome.clone(),
+            Instant::now(),
+        );
+        if outcome != CheckOutcome::Allow {
+            return outcome;
+        }
+        for (name, amount) in &policy.quotas {
+            let Some(q) = resp.quotas.get(name) else {
+                return CheckOutcome::QuotaRefused {
+                    code: RESOURCE_EXHAUSTED,
+                    message: format!("Quota is exhausted for: {name}"),
                 };
-                let valid = pre
-                    .valid_duration
-                    .and_then(|d| Duration::try_from(d).ok())
-                    .unwrap_or_default();
-                self.cache.insert(
-                    bag,
-                    &pre.referenced_attributes.unwrap_or_default(),
-                    valid,
-                    pre.valid_use_count,
-                    outcome.clone(),
-                    Instant::now(),
-                );
-                outcome
+            };
+            if let Some(s) = q.status.as_ref().filter(|s| s.code != 0) {
+                return CheckOutcome::QuotaRefused {
+                    code: s.code,
+                    message: s.message.clone(),
+                };
+            }
+            if q.granted_amount < *amount {
+                return CheckOutcome::QuotaRefused {
+                    code: RESOURCE_EXHAUSTED,
+                    message: format!("Quota is exhausted for: {name}"),
+                };
             }
         }
+        CheckOutcome::Allow
     }
 
     /// Queues a Report record; dropped (and counted) when the queue is full.
@@ -194,16 +356,42 @@ mod tests {
 
     /// A Mixer that allows everything for 60 s / 100 uses, referencing nothing, and records
     /// what it is sent.
+    /// Quotas: each name has `budget` units in all, granted while they last.
     #[derive(Clone, Default)]
     struct FakeMixer {
         checks: Arc<Mutex<usize>>,
         batches: Arc<Mutex<Vec<usize>>>,
+        budget: Arc<Mutex<i64>>,
+        requests: Arc<Mutex<Vec<CheckRequest>>>,
     }
 
     #[tonic::async_trait]
     impl Mixer for FakeMixer {
-        async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        async fn check(
+            &self,
+            request: Request<CheckRequest>,
+        ) -> Result<Response<CheckResponse>, Status> {
             *self.checks.lock() += 1;
+            let req = request.into_inner();
+            let quotas = req
+                .quotas
+                .iter()
+                .map(|(name, p)| {
+                    let mut budget = self.budget.lock();
+                    let granted = p.amount.min(*budget).max(0);
+                    *budget -= granted;
+                    (
+                        name.clone(),
+                        mesh_proto::istio::mixer::v1::check_response::QuotaResult {
+                            valid_duration: None,
+                            granted_amount: granted,
+                            status: None,
+                            referenced_attributes: None,
+                        },
+                    )
+                })
+                .collect();
+            self.requests.lock().push(req);
             Ok(Response::new(CheckResponse {
                 precondition: Some(PreconditionResult {
                     status: Some(Default::default()),
@@ -215,7 +403,7 @@ mod tests {
                     referenced_attributes: Some(ReferencedAttributes::default()),
                     route_directive: None,
                 }),
-                quotas: Default::default(),
+                quotas,
             }))
         }
 
@@ -301,5 +489,100 @@ mod tests {
         assert_eq!(metrics.mixer_fail_open.get(), 1);
         // A failed check is not cached.
         assert_eq!(client.cache_stats().hits, 0);
+    }
+
+    fn quota_policy(fail_policy: FailPolicy) -> RequestPolicy {
+        RequestPolicy {
+            skip_check: false,
+            skip_report: false,
+            quotas: vec![("requestcountquota".to_string(), 1)],
+            fail_policy,
+        }
+    }
+
+    #[tokio::test]
+    async fn quota_past_the_budget_is_refused_with_istios_429_and_never_cached() {
+        let fake = FakeMixer::default();
+        *fake.budget.lock() = 2;
+        let metrics = ProxyMetrics::default();
+        let client = MixerClient::new(&serve(fake.clone()).await, metrics.clone()).unwrap();
+        let bag = Bag::new().with("request.path", "/productpage");
+        let policy = quota_policy(FailPolicy::FailOpen);
+        assert_eq!(
+            client.check_request(&bag, &policy).await,
+            CheckOutcome::Allow
+        );
+        assert_eq!(
+            client.check_request(&bag, &policy).await,
+            CheckOutcome::Allow
+        );
+        let refused = client.check_request(&bag, &policy).await;
+        assert_eq!(
+            refused.rejection(),
+            Some((
+                StatusCode::TOO_MANY_REQUESTS,
+                "RESOURCE_EXHAUSTED:Quota is exhausted for: requestcountquota".to_string()
+            ))
+        );
+        // Every quota request went to Mixer, with the amount and best_effort false.
+        assert_eq!(*fake.checks.lock(), 3);
+        let sent = fake.requests.lock()[0].clone();
+        assert_eq!(sent.quotas["requestcountquota"].amount, 1);
+        assert!(!sent.quotas["requestcountquota"].best_effort);
+        assert!(!sent.deduplication_id.is_empty());
+        assert_eq!(metrics.mixer_quota_refused.get(), 1);
+        // The cache was neither consulted nor counted for quota requests...
+        assert_eq!(client.cache_stats(), CacheStats { hits: 0, misses: 0 });
+        // ...but the precondition answer is cached for requests without quotas.
+        assert_eq!(client.check(&bag).await, CheckOutcome::Allow);
+        assert_eq!(*fake.checks.lock(), 3);
+        assert_eq!(metrics.mixer_check_cache_hits.get(), 1);
+        assert_eq!(metrics.mixer_check_cache_misses.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn unreachable_mixer_with_fail_close_refuses_with_503() {
+        let metrics = ProxyMetrics::default();
+        let client = MixerClient::new("http://127.0.0.1:1", metrics.clone()).unwrap();
+        let outcome = client
+            .check_request(&Bag::new(), &quota_policy(FailPolicy::FailClose))
+            .await;
+        let (status, body) = outcome.rejection().unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("UNAVAILABLE:"), "{body}");
+        assert_eq!(metrics.mixer_fail_close.get(), 1);
+        assert_eq!(metrics.mixer_fail_open.get(), 0);
+        // FAIL_OPEN lets the same request through.
+        let outcome = client
+            .check_request(&Bag::new(), &quota_policy(FailPolicy::FailOpen))
+            .await;
+        assert!(matches!(outcome, CheckOutcome::FailOpen(_)));
+        assert_eq!(outcome.rejection(), None);
+    }
+
+    #[tokio::test]
+    async fn slow_mixer_times_out_into_the_fail_policy() {
+        // A listener that accepts and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let client = MixerClient::with_check_timeout(
+            &format!("http://{addr}"),
+            ProxyMetrics::default(),
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let outcome = client
+            .check_request(&Bag::new(), &quota_policy(FailPolicy::FailClose))
+            .await;
+        assert!(matches!(outcome, CheckOutcome::FailClose(_)), "{outcome:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        held.abort();
     }
 }

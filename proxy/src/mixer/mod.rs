@@ -1,11 +1,17 @@
 //! The Mixer client: Check before forwarding (answered from a cache keyed by the attributes
-//! Mixer's answers referenced; fail open when Mixer is away), Report after the response,
-//! batched off the request path.
+//! Mixer's answers referenced; quotas always asked of Mixer; the network fail policy decides when
+//! Mixer is away), Report after the response, batched off the request path. [`MixerFilter`] is
+//! Pilot's `mixer` HTTP filter config: per-service quota rules and the fail policy.
 
 mod attributes;
 mod cache;
 mod client;
+mod config;
 
 pub use attributes::{RequestAttributes, add_response};
 pub use cache::{CacheStats, CheckCache};
-pub use client::{CheckOutcome, MixerClient, MixerError};
+pub use client::{CheckOutcome, DEFAULT_CHECK_TIMEOUT, MixerClient, MixerError};
+pub use config::{
+    ConfigError, FailPolicy, MIXER_FILTER, MixerFilter, QuotaRule, RequestPolicy, ServiceConfig,
+    StringMatch, default_policy,
+};

@@ -7,8 +7,8 @@ mod policy;
 mod select;
 
 pub use model::{
-    Forwarding, HeaderMatch, HeaderMatchKind, PathMatch, Redirect, Route, RouteAction, RouteTable,
-    VirtualHost,
+    DirectResponse, Forwarding, HeaderMatch, HeaderMatchKind, PathMatch, Redirect, Route,
+    RouteAction, RouteTable, VirtualHost,
 };
 pub use policy::{
     AttemptOutcome, Cors, Fault, HashPolicy, HeaderOps, HeaderPolicy, Mirror, OriginMatch,

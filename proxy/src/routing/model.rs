@@ -220,6 +220,22 @@ pub enum RouteAction {
     },
     /// Answer with a redirect instead of forwarding (Envoy `RedirectAction`).
     Redirect(Redirect),
+    /// Answer with a fixed status and body (Envoy `DirectResponseAction`).
+    DirectResponse(DirectResponse),
+}
+
+/// A response the proxy answers itself (Istio's REGISTRY_ONLY 502, for instance).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirectResponse {
+    /// 200..=599.
+    pub status: u16,
+    /// `inline_string` / `inline_bytes`; empty: no body.
+    #[serde(serialize_with = "ser_lossy")]
+    pub body: Vec<u8>,
+}
+
+fn ser_lossy<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(b))
 }
 
 /// An HTTP redirect: each part left `None` keeps the request's own.
@@ -267,10 +283,10 @@ impl Redirect {
 
 impl RouteAction {
     /// The cluster for a random number `r` (any `u32`; reduced modulo the total weight); `None`
-    /// for a redirect.
+    /// for a redirect or a direct response.
     pub fn pick(&self, r: u32) -> Option<&str> {
         Some(match self {
-            RouteAction::Redirect(_) => return None,
+            RouteAction::Redirect(_) | RouteAction::DirectResponse(_) => return None,
             RouteAction::Cluster(c) => c,
             RouteAction::Weighted { clusters, total } => {
                 let mut x = r % (*total).max(1);

@@ -9,7 +9,7 @@ use super::model::{Route, RouteTable, VirtualHost};
 pub struct Selected<'a> {
     pub virtual_host: &'a VirtualHost,
     pub route: &'a Route,
-    /// The cluster to forward to; `None` for a redirect route.
+    /// The cluster to forward to; `None` for a redirect or direct response route.
     pub cluster: Option<&'a str>,
 }
 

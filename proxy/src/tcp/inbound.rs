@@ -34,6 +34,7 @@ pub async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin + Send>(
     peer: &str,
     remote: SocketAddr,
     local: SocketAddr,
+    app: SocketAddr,
     sni: Option<&str>,
     stream: S,
 ) {
@@ -86,7 +87,6 @@ pub async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin + Send>(
             return;
         }
     }
-    let app = ctx.app_addr;
     let mut up = match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

@@ -8,13 +8,16 @@ mod inbound;
 mod metrics;
 mod model;
 mod outbound;
+mod passthrough;
 mod sni;
 
 pub use envoy::{TCP_PROXY_FILTER, decode_tcp_proxy};
 pub use inbound::serve_inbound;
 pub use metrics::{TcpLabels, TcpMetrics};
 pub use model::{TcpChain, TcpProxy};
+pub(crate) use outbound::proxy_stream;
 pub use outbound::serve_tcp;
+pub(crate) use passthrough::passthrough;
 
 #[cfg(test)]
 pub(crate) mod testkit;

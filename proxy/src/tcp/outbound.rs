@@ -6,8 +6,9 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
+use prometheus_client::metrics::counter::Counter;
 use rand::Rng;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,8 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::http::alpn::{self, HopProtocol};
 use crate::http::{
-    Outcome, Party, ProxyContext, Reporter, Service, Workload, flags, request_labels,
-    service_of_cluster,
+    AccessLogEntry, Outcome, Party, ProxyContext, Reporter, Service, Workload, flags,
+    request_labels, service_of_cluster,
 };
 
 use super::counted::Counted;
@@ -51,7 +52,7 @@ pub async fn serve_tcp(
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let name = name.clone();
-        tokio::spawn(async move { proxy_connection(&ctx, &name, stream, remote).await });
+        tokio::spawn(async move { proxy_stream(&ctx, &name, stream, Vec::new(), remote).await });
     }
 }
 
@@ -89,7 +90,7 @@ const SNI_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads the start of `down` until the ClientHello's server name is known (or known to be
 /// absent); the bytes read are left in `head` for the upstream.
-async fn read_sni(down: &mut TcpStream, head: &mut Vec<u8>) -> Option<String> {
+async fn read_sni<S: AsyncRead + Unpin>(down: &mut S, head: &mut Vec<u8>) -> Option<String> {
     let read = async {
         let mut chunk = [0u8; 4096];
         loop {
@@ -110,12 +111,16 @@ async fn read_sni(down: &mut TcpStream, head: &mut Vec<u8>) -> Option<String> {
     tokio::time::timeout(SNI_TIMEOUT, read).await.ok().flatten()
 }
 
-async fn proxy_connection(
+/// Proxies one downstream connection by the `tcp_proxy` of `listener`; `head` holds bytes
+/// already read from `down` (by protocol sniffing), sent upstream first.
+pub(crate) async fn proxy_stream<S: Io>(
     ctx: &ProxyContext,
     listener: &str,
-    mut down: TcpStream,
+    mut down: S,
+    mut head: Vec<u8>,
     remote: SocketAddr,
 ) {
+    let started = (SystemTime::now(), Instant::now());
     let config = ctx.config.load();
     let Some(tcp) = config.listeners.get(listener).and_then(|l| l.tcp.clone()) else {
         tracing::debug!(listener, %remote, "no tcp_proxy configuration for listener; closing");
@@ -123,7 +128,6 @@ async fn proxy_connection(
     };
     // TLS passthrough: the chain is chosen by the ClientHello's server name; the bytes read
     // to find it go upstream first.
-    let mut head = Vec::new();
     let sni = if tcp.routes_by_sni() {
         read_sni(&mut down, &mut head).await
     } else {
@@ -161,28 +165,49 @@ async fn proxy_connection(
         .into()
     };
     let metrics = &ctx.metrics.tcp;
+    // The connection's access log line (when the listener has a logger), written at its end.
+    let log = |flags: &'static str,
+               upstream: Option<SocketAddr>,
+               peer: Option<&str>,
+               bytes: (u64, u64)| {
+        if let Some(access_log) = &ctx.access_log {
+            let mut e = AccessLogEntry::tcp(started.0, remote, Reporter::Source);
+            e.response_flags = flags;
+            e.bytes_received = bytes.0;
+            e.bytes_sent = bytes.1;
+            e.duration = started.1.elapsed().as_millis() as u64;
+            e.upstream_host = upstream.map(|a| a.to_string());
+            e.upstream_cluster = Some(cluster_name.to_string());
+            e.upstream_peer_principal = peer.map(str::to_string);
+            access_log.log_tcp(listener, e);
+        }
+    };
     let refuse = |flag: &'static str, why: &str| {
         tracing::debug!(listener, cluster = cluster_name, %remote, why, "tcp connection refused");
         let l = labels(flag, false, "");
         metrics.opened(&l);
         metrics.closed(&l);
+        log(flag, None, None, (0, 0));
     };
     let Some(cluster) = config.clusters.get(cluster_name) else {
         ctx.metrics.upstream_error("unknown_cluster");
         return refuse(flags::NO_HEALTHY_UPSTREAM, "unknown cluster");
     };
-    let endpoints: &[SocketAddr] = config
-        .endpoints_of(cluster)
-        .map_or(&[], |e| e.addrs.as_slice());
+    let found = config.endpoints_of(cluster);
+    let endpoints: &[SocketAddr] = found.map_or(&[], |e| e.addrs.as_slice());
     let state = ctx.upstream.clusters.get(cluster);
+    if let Some(e) = found {
+        // Endpoint weights for the load balancer.
+        state.observe(e);
+    }
     let Some(endpoint) = state.pick(endpoints, cluster.lb, &[], rand::rng().random()) else {
         ctx.metrics.upstream_error("no_endpoint");
         return refuse(flags::NO_HEALTHY_UPSTREAM, "no endpoint");
     };
     let tls = match &cluster.tls {
         None => None,
-        Some(t) => match ctx.identity.get() {
-            Some(id) => Some((id.client_config(&t.expected_sans), t.sni.as_str())),
+        Some(t) => match crate::tls::upstream_client_config(t, &ctx.identity) {
+            Some(cfg) => Some((cfg, t.sni.as_str())),
             None => {
                 ctx.metrics.upstream_error("no_identity");
                 return refuse(
@@ -198,7 +223,17 @@ async fn proxy_connection(
         Err(e) => {
             ctx.metrics.upstream_error("connect");
             tracing::debug!(cluster = cluster_name, %endpoint, error = %e, "tcp upstream connect failed");
-            return refuse(flags::UPSTREAM_CONNECT_FAILURE, "connect failed");
+            tracing::debug!(listener, cluster = cluster_name, %remote, "tcp connection refused");
+            let l = labels(flags::UPSTREAM_CONNECT_FAILURE, false, "");
+            metrics.opened(&l);
+            metrics.closed(&l);
+            log(
+                flags::UPSTREAM_CONNECT_FAILURE,
+                Some(endpoint),
+                None,
+                (0, 0),
+            );
+            return;
         }
     };
     let l = labels(flags::NONE, mtls, peer.as_deref().unwrap_or(""));
@@ -209,13 +244,25 @@ async fn proxy_connection(
         if let Err(e) = up.write_all(&head).await {
             tracing::debug!(cluster = cluster_name, %endpoint, error = %e, "tcp upstream closed early");
             metrics.closed(&l);
+            log(
+                flags::NONE,
+                Some(endpoint),
+                peer.as_deref(),
+                (head.len() as u64, 0),
+            );
             return;
         }
     }
+    // This connection's own byte counts (for its access log line), beside the metric series.
+    let (conn_received, conn_sent) = (Counter::default(), Counter::default());
     let mut down = Counted {
-        inner: down,
-        received,
-        sent,
+        inner: Counted {
+            inner: down,
+            received,
+            sent,
+        },
+        received: conn_received.clone(),
+        sent: conn_sent.clone(),
     };
     match tokio::io::copy_bidirectional(&mut down, &mut up).await {
         Ok((to_up, to_down)) => {
@@ -226,4 +273,6 @@ async fn proxy_connection(
         }
     }
     metrics.closed(&l);
+    let bytes = (conn_received.get() + head.len() as u64, conn_sent.get());
+    log(flags::NONE, Some(endpoint), peer.as_deref(), bytes);
 }

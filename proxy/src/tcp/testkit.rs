@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 
 use crate::admin::ProxyMetrics;
 use crate::cluster::{Cluster, Endpoints, LbPolicy, Limits, UpstreamTls};
-use crate::http::{ProxyContext, RoutedKind, Upstream, Workload, serve_inbound, serve_routed};
+use crate::http::{
+    AccessLog, ProxyContext, RoutedKind, Upstream, Workload, serve_inbound, serve_routed,
+};
 use crate::routing::{Forwarding, PathMatch, Route, RouteAction, RouteTable, VirtualHost};
 use crate::tls::{IdentitySlot, TlsSource};
 use crate::xds::{Config, Listener, NodeInfo, ProxyType, SharedConfig};
@@ -96,7 +98,7 @@ impl TlsSource for TestIdentity {
     }
 }
 
-fn node(pod: &str, sa: &str, app: &str) -> NodeInfo {
+pub fn node(pod: &str, sa: &str, app: &str) -> NodeInfo {
     NodeInfo {
         proxy_type: ProxyType::Sidecar,
         ip: "127.0.0.1".into(),
@@ -108,7 +110,7 @@ fn node(pod: &str, sa: &str, app: &str) -> NodeInfo {
     }
 }
 
-fn context(
+pub fn context(
     config: Config,
     identity: Arc<dyn TlsSource>,
     node: NodeInfo,
@@ -147,6 +149,11 @@ pub async fn mesh(app: SocketAddr) -> Mesh {
 
 /// Like [`mesh`], with `tcp` as the client's `0.0.0.0_9000` listener.
 pub async fn mesh_with(app: SocketAddr, tcp: TcpProxy) -> Mesh {
+    mesh_logged(app, tcp, None).await
+}
+
+/// Like [`mesh_with`], the client sidecar writing its access log to `access_log`.
+pub async fn mesh_logged(app: SocketAddr, tcp: TcpProxy, access_log: Option<AccessLog>) -> Mesh {
     let ca = Ca::new();
     let server_metrics = mesh_runtime::Metrics::default();
     let server = context(
@@ -168,6 +175,7 @@ pub async fn mesh_with(app: SocketAddr, tcp: TcpProxy) -> Mesh {
         tls: Some(UpstreamTls {
             expected_sans: vec![spiffe("echo")],
             sni: format!("outbound_.{PORT}_._.{SERVICE}"),
+            origination: None,
         }),
         lb: LbPolicy::RoundRobin,
         limits: Limits::default(),
@@ -207,17 +215,21 @@ pub async fn mesh_with(app: SocketAddr, tcp: TcpProxy) -> Mesh {
                 route_config_name: route,
                 inbound: None,
                 tcp,
+                mixer: None,
             },
         );
     }
     let client_metrics = mesh_runtime::Metrics::default();
-    let client = context(
+    let mut client = context(
         config,
         ca.identity("client"),
         node("client-v1", "client", "client"),
         "127.0.0.1:9".parse().unwrap(),
         &client_metrics,
     );
+    Arc::get_mut(&mut client)
+        .expect("the context was just made")
+        .access_log = access_log;
     let outbound = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let outbound_addr = outbound.local_addr().unwrap();
     tokio::spawn(serve_routed(

@@ -198,3 +198,77 @@ async fn tls_passthrough_picks_the_chain_by_sni_and_forwards_the_hello() {
     let _ = c.read_to_end(&mut rest).await;
     assert!(rest.is_empty());
 }
+
+#[tokio::test]
+async fn a_tcp_connection_is_access_logged_when_its_listener_has_a_logger() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use crate::http::{AccessLog, AccessLogFollower, LogFormat};
+    use crate::xds::access_log::{AccessLogSpec, ListenerLogs};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tcp.log");
+    let log = AccessLog::new(
+        false,
+        prometheus_client::metrics::counter::Counter::default(),
+    );
+    let mut follower = AccessLogFollower::new(log.clone(), 16);
+    follower
+        .apply(&BTreeMap::from([(
+            "0.0.0.0_9000".to_string(),
+            Arc::new(ListenerLogs {
+                http: None,
+                tcp: Some(AccessLogSpec {
+                    path: path.display().to_string(),
+                    format: LogFormat::default_json(),
+                }),
+            }),
+        )]))
+        .await;
+    let app = echo_app().await;
+    let tcp = TcpProxy::single(vec![(super::testkit::cluster_name(), 1)]);
+    let m = super::testkit::mesh_logged(app, tcp, Some(log)).await;
+
+    let mut c = TcpStream::connect(m.tcp).await.unwrap();
+    c.write_all(b"0123456789").await.unwrap();
+    let mut buf = [0u8; 10];
+    c.read_exact(&mut buf).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).await.unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let line = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(l) = text.lines().next() {
+            break l.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no access log line");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    // No request on a TCP connection: Envoy logs its method, path and protocol as absent.
+    assert_eq!(v["method"], serde_json::Value::Null, "{line}");
+    assert_eq!(v["path"], serde_json::Value::Null, "{line}");
+    assert_eq!(v["protocol"], serde_json::Value::Null, "{line}");
+    assert_eq!(v["response_code"], 0, "{line}");
+    assert_eq!(v["response_flags"], "-", "{line}");
+    assert_eq!(
+        (v["bytes_received"].as_u64(), v["bytes_sent"].as_u64()),
+        (Some(10), Some(10)),
+        "{line}"
+    );
+    assert_eq!(
+        v["upstream_cluster"],
+        super::testkit::cluster_name(),
+        "{line}"
+    );
+    assert_eq!(v["upstream_peer_uri_san"], spiffe("echo"), "{line}");
+    assert!(
+        v["upstream_host"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+}

@@ -1,4 +1,6 @@
-//! The ADS client: one SotW stream to Pilot carrying CDS, EDS, LDS and RDS.
+//! The ADS client: one stream to Pilot carrying CDS, EDS, LDS and RDS, Delta
+//! ([`super::delta`]) or state of the world (here), falling back from Delta to SotW when
+//! Pilot does not implement it.
 //!
 //! Subscribes to clusters and listeners (wildcard), then to the endpoints of the accepted
 //! clusters and the route configurations the accepted listeners name, as Envoy does. Each
@@ -19,10 +21,14 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::admin::ProxyMetrics;
 
+use super::connect::{XdsTlsConfig, connect};
+use super::delta::DeltaSession;
 use super::snapshot::SharedConfig;
 use super::state::{ResourceType, XdsState};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often xDS over mTLS looks for the workload certificate before the first one is held.
+const IDENTITY_POLL: Duration = Duration::from_millis(50);
 
 /// Why an ADS stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +41,8 @@ pub enum StreamError {
     Rpc(#[from] tonic::Status),
     #[error("ads stream closed by pilot")]
     Closed,
+    #[error("no workload certificate yet for xds over mtls")]
+    NoIdentity,
 }
 
 /// Per-type bookkeeping on one stream.
@@ -163,7 +171,28 @@ impl AdsSession {
     }
 }
 
-/// Runs the ADS client until `shutdown` resolves.
+/// Which ADS protocol the client speaks first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum XdsProtocol {
+    /// `DeltaAggregatedResources` (incremental), falling back to SotW when Pilot answers
+    /// `UNIMPLEMENTED`.
+    #[default]
+    Delta,
+    /// `StreamAggregatedResources` (state of the world).
+    Sotw,
+}
+
+/// Where and how the client reaches Pilot.
+#[derive(Debug, Clone)]
+pub struct XdsClientConfig {
+    /// `http://host:port` (plaintext) or `https://host:port` (mTLS, needs `tls`).
+    pub addr: String,
+    pub protocol: XdsProtocol,
+    /// mTLS with the workload certificate; plaintext when `None`.
+    pub tls: Option<XdsTlsConfig>,
+}
+
+/// Runs the ADS client (Delta, falling back to SotW, plaintext) until `shutdown` resolves.
 pub async fn run(
     xds_addr: String,
     node: Node,
@@ -172,17 +201,71 @@ pub async fn run(
     metrics: ProxyMetrics,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let mut session = AdsSession::new(node);
+    let client = XdsClientConfig {
+        addr: xds_addr,
+        protocol: XdsProtocol::Delta,
+        tls: None,
+    };
+    run_client(client, node, config, readiness, metrics, shutdown).await;
+}
+
+/// The session of the protocol in use; the accepted state moves along on a fallback.
+enum Session {
+    Delta(DeltaSession),
+    Sotw(AdsSession),
+}
+
+/// Runs the ADS client until `shutdown` resolves: one stream at a time, re-opened with backoff
+/// (reset once a stream got a response) while the last good config keeps serving.
+pub async fn run_client(
+    client: XdsClientConfig,
+    node: Node,
+    config: SharedConfig,
+    readiness: Readiness,
+    metrics: ProxyMetrics,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut session = match client.protocol {
+        XdsProtocol::Delta => Session::Delta(DeltaSession::new(node.clone())),
+        XdsProtocol::Sotw => Session::Sotw(AdsSession::new(node.clone())),
+    };
+    let addr = client.addr.clone();
     let run = async {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match stream_once(&xds_addr, &mut session, &config, &readiness, &metrics).await {
+            let result = match &mut session {
+                Session::Delta(s) => {
+                    super::delta_stream::stream_once(&client, s, &config, &readiness, &metrics)
+                        .await
+                }
+                Session::Sotw(s) => stream_once(&client, s, &config, &readiness, &metrics).await,
+            };
+            match result {
                 Ok(()) => {}
+                Err((false, StreamError::Rpc(status)))
+                    if status.code() == tonic::Code::Unimplemented =>
+                {
+                    if let Session::Delta(d) = &mut session {
+                        tracing::warn!(xds_addr = %addr, message = %status.message(), "pilot does not serve delta xds; falling back to state of the world");
+                        let mut sotw = AdsSession::new(node.clone());
+                        sotw.state = std::mem::take(&mut d.state);
+                        session = Session::Sotw(sotw);
+                        continue;
+                    }
+                    tracing::warn!(xds_addr = %addr, message = %status.message(), retry_in_ms = backoff.as_millis() as u64, "pilot does not serve ads");
+                }
+                Err((_, StreamError::NoIdentity)) => {
+                    // Citadel has not issued the certificate yet: look again soon, without
+                    // growing the backoff (the identity task retries Citadel itself).
+                    tracing::debug!(xds_addr = %addr, "waiting for the workload certificate before xds");
+                    tokio::time::sleep(IDENTITY_POLL).await;
+                    continue;
+                }
                 Err((got_response, e)) => {
                     if got_response {
                         backoff = Duration::from_millis(100);
                     }
-                    tracing::warn!(xds_addr = %xds_addr, error = %e, retry_in_ms = backoff.as_millis() as u64, "xds stream ended; keeping the last config");
+                    tracing::warn!(xds_addr = %addr, error = %e, retry_in_ms = backoff.as_millis() as u64, "xds stream ended; keeping the last config");
                 }
             }
             tokio::time::sleep(backoff).await;
@@ -195,18 +278,18 @@ pub async fn run(
     }
 }
 
-/// One stream; the error says whether any response arrived (to reset the backoff).
+/// One SotW stream; the error says whether any response arrived (to reset the backoff).
 async fn stream_once(
-    addr: &str,
+    client: &XdsClientConfig,
     session: &mut AdsSession,
     config: &SharedConfig,
     readiness: &Readiness,
     metrics: &ProxyMetrics,
 ) -> Result<(), (bool, StreamError)> {
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .map_err(|e| (false, StreamError::Address(addr.to_string(), e.to_string())))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| (false, e.into()))?;
+    let addr = client.addr.as_str();
+    let channel = connect(addr, client.tls.as_ref())
+        .await
+        .map_err(|e| (false, e))?;
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
@@ -222,7 +305,7 @@ async fn stream_once(
         .map_err(|e| (false, e.into()))?
         .into_inner();
     metrics.xds_connects.inc();
-    tracing::info!(xds_addr = %addr, "ads stream open");
+    tracing::info!(xds_addr = %addr, protocol = "sotw", "ads stream open");
     let mut got = false;
     while let Some(msg) = inbound.next().await {
         let resp = msg.map_err(|e| (got, e.into()))?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mesh_proto::envoy::envoy::config::cluster::v3::Cluster as EnvoyCluster;
 use mesh_proto::envoy::envoy::config::core::v3::{address, socket_address, transport_socket};
-use mesh_proto::envoy::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use mesh_proto::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use mesh_proto::envoy::envoy::config::listener::v3::{Listener as EnvoyListener, filter};
 use mesh_proto::envoy::envoy::config::route::v3::{
     HeaderMatcher, RouteConfiguration, header_matcher::HeaderMatchSpecifier, route::Action,
@@ -80,6 +80,7 @@ pub fn listener(any: &Any) -> Result<Listener, DecodeError> {
     };
     let mut route_config_name = None;
     let mut tcp = None;
+    let mut mixer = None;
     let chains = l.filter_chains.iter().chain(l.default_filter_chain.iter());
     for (ci, chain) in chains.enumerate() {
         for (fi, f) in chain.filters.iter().enumerate() {
@@ -116,6 +117,12 @@ pub fn listener(any: &Any) -> Result<Listener, DecodeError> {
                 type_url::HTTP_CONNECTION_MANAGER,
                 &format!("{res} {field}"),
             )?;
+            // The `mixer` HTTP filter (the first chain's; Pilot gives every chain the same).
+            if mixer.is_none() {
+                mixer = crate::mixer::MixerFilter::from_hcm(&hcm)
+                    .map_err(|(f, reason)| invalid(&res, format!("{field}.{f}"), reason))?
+                    .map(std::sync::Arc::new);
+            }
             match hcm.route_specifier {
                 Some(RouteSpecifier::Rds(rds)) if !rds.route_config_name.is_empty() => {
                     route_config_name.get_or_insert(rds.route_config_name);
@@ -145,6 +152,7 @@ pub fn listener(any: &Any) -> Result<Listener, DecodeError> {
         route_config_name,
         inbound,
         tcp: tcp.map(std::sync::Arc::new),
+        mixer,
     })
 }
 
@@ -239,11 +247,14 @@ fn decode_route(
             route_action_target(res, field, ra)?
         }
         Some(Action::Redirect(ra)) => RouteAction::Redirect(redirect(res, field, ra)?),
+        Some(Action::DirectResponse(dr)) => {
+            RouteAction::DirectResponse(direct_response(res, field, dr)?)
+        }
         _ => {
             return Err(invalid(
                 res,
                 field,
-                "only route and redirect actions are supported",
+                "only route, redirect and direct_response actions are supported",
             ));
         }
     };
@@ -372,6 +383,47 @@ fn redirect(
     })
 }
 
+/// A direct response: status 200..=599 and an inline body (`filename` and environment variable
+/// sources are refused: a route update must not read the proxy's files).
+fn direct_response(
+    res: &str,
+    field: &str,
+    dr: mesh_proto::envoy::envoy::config::route::v3::DirectResponseAction,
+) -> Result<crate::routing::DirectResponse, DecodeError> {
+    use mesh_proto::envoy::envoy::config::core::v3::data_source::Specifier;
+    let field = format!("{field}.direct_response");
+    let status = u16::try_from(dr.status)
+        .ok()
+        .filter(|s| (200..=599).contains(s))
+        .ok_or_else(|| {
+            invalid(
+                res,
+                format!("{field}.status"),
+                format!("{} is not 200..=599", dr.status),
+            )
+        })?;
+    if dr.body_format.is_some() {
+        return Err(invalid(
+            res,
+            format!("{field}.body_format"),
+            "is not supported",
+        ));
+    }
+    let body = match dr.body.and_then(|b| b.specifier) {
+        None => Vec::new(),
+        Some(Specifier::InlineString(s)) => s.into_bytes(),
+        Some(Specifier::InlineBytes(b)) => b,
+        Some(_) => {
+            return Err(invalid(
+                res,
+                format!("{field}.body"),
+                "only inline_string and inline_bytes are supported",
+            ));
+        }
+    };
+    Ok(crate::routing::DirectResponse { status, body })
+}
+
 /// A protobuf duration as a `Duration`, refusing negative or out-of-range values.
 fn duration(
     res: &str,
@@ -471,8 +523,16 @@ fn header(res: &str, field: &str, h: HeaderMatcher) -> Result<HeaderMatch, Decod
     })
 }
 
-/// A `Cluster`: EDS name, connect timeout and upstream TLS.
-pub fn cluster(any: &Any) -> Result<Cluster, DecodeError> {
+/// A decoded `Cluster` with its discovery type and, for STATIC clusters, the inline endpoints.
+#[derive(Debug)]
+pub struct DecodedCluster {
+    pub cluster: Cluster,
+    pub discovery: crate::cluster::Discovery,
+    pub static_endpoints: Option<Vec<crate::cluster::Endpoint>>,
+}
+
+/// A `Cluster`: EDS name, connect timeout, upstream TLS and discovery type.
+pub fn cluster(any: &Any) -> Result<DecodedCluster, DecodeError> {
     let c: EnvoyCluster = unpack(any, type_url::CLUSTER, "cluster")?;
     let res = format!("cluster {}", c.name);
     if c.name.is_empty() {
@@ -501,7 +561,10 @@ pub fn cluster(any: &Any) -> Result<Cluster, DecodeError> {
                     type_url::UPSTREAM_TLS_CONTEXT,
                     &format!("{res} transport_socket"),
                 )?;
-                Some(upstream_tls(ctx))
+                Some(
+                    upstream_tls(ctx)
+                        .map_err(|(f, r)| invalid(&res, format!("transport_socket.{f}"), r))?,
+                )
             }
             _ => {
                 return Err(invalid(
@@ -515,7 +578,14 @@ pub fn cluster(any: &Any) -> Result<Cluster, DecodeError> {
     let at = |(f, reason): crate::cluster::envoy::FieldError| invalid(&res, f, reason);
     let lb = crate::cluster::envoy::lb_policy(&c).map_err(at)?;
     let outlier = crate::cluster::envoy::outlier_detection(&c).map_err(at)?;
-    Ok(Cluster {
+    let (discovery, static_endpoints) = crate::cluster::envoy::discovery(&c).map_err(at)?;
+    // Only EDS clusters name another resource; the others hold their endpoints under their name.
+    let eds_name = if discovery == crate::cluster::Discovery::Eds {
+        eds_name
+    } else {
+        c.name.clone()
+    };
+    let cluster = Cluster {
         lb,
         limits: crate::cluster::envoy::limits(&c),
         max_requests_per_connection: crate::cluster::envoy::max_requests_per_connection(&c),
@@ -524,10 +594,17 @@ pub fn cluster(any: &Any) -> Result<Cluster, DecodeError> {
         eds_name,
         connect_timeout,
         tls,
+    };
+    Ok(DecodedCluster {
+        cluster,
+        discovery,
+        static_endpoints,
     })
 }
 
-fn upstream_tls(ctx: UpstreamTlsContext) -> UpstreamTls {
+fn upstream_tls(ctx: UpstreamTlsContext) -> Result<UpstreamTls, crate::cluster::envoy::FieldError> {
+    // DestinationRule SIMPLE/MUTUAL: the cluster's own certificates (files read here).
+    let origination = crate::cluster::envoy::origination(&ctx)?;
     let validation = ctx
         .common_tls_context
         .and_then(|c| c.validation_context_type);
@@ -549,40 +626,40 @@ fn upstream_tls(ctx: UpstreamTlsContext) -> UpstreamTls {
     // No SANs (Pilot knows no service account behind the service yet): like Envoy, verify the
     // chain to the mesh root and accept any identity of the trust domain. Refusing the cluster
     // here would NACK every cluster of the push.
-    UpstreamTls {
+    Ok(UpstreamTls {
         expected_sans,
         sni: ctx.sni,
-    }
+        origination,
+    })
 }
 
-/// A `ClusterLoadAssignment`: its name and the addresses of its non-unhealthy endpoints.
-pub fn load_assignment(any: &Any) -> Result<(String, Vec<SocketAddr>), DecodeError> {
+/// A `ClusterLoadAssignment`: its name and its healthy endpoints (weights, priorities and
+/// localities kept).
+pub fn load_assignment(any: &Any) -> Result<(String, Vec<crate::cluster::Endpoint>), DecodeError> {
     let cla: ClusterLoadAssignment = unpack(any, type_url::ENDPOINT, "cluster load assignment")?;
     let res = format!("cluster load assignment {}", cla.cluster_name);
     if cla.cluster_name.is_empty() {
         return Err(invalid(&res, "cluster_name", "empty"));
     }
-    let mut addrs = Vec::new();
-    for (li, loc) in cla.endpoints.iter().enumerate() {
-        for (ei, lb) in loc.lb_endpoints.iter().enumerate() {
-            // UNHEALTHY = 2, DRAINING = 3, TIMEOUT = 4
-            if matches!(lb.health_status, 2..=4) {
-                continue;
-            }
-            let field = format!("endpoints[{li}].lb_endpoints[{ei}]");
-            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
-                return Err(invalid(&res, field, "no endpoint"));
-            };
-            match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
-                Some(address::Address::SocketAddress(sa)) => {
-                    addrs.push(socket_addr(&res, &field, sa)?)
-                }
-                _ => return Err(invalid(&res, field, "no socket address")),
-            }
-        }
+    let hosts = crate::cluster::envoy::lb_hosts(&cla)
+        .map_err(|(field, reason)| invalid(&res, field, reason))?;
+    let mut endpoints = Vec::with_capacity(hosts.len());
+    for (i, h) in hosts.into_iter().enumerate() {
+        let e = h.resolved().ok_or_else(|| {
+            invalid(
+                &res,
+                format!("endpoint[{i}]"),
+                format!("address {:?} is not an IP", h.host),
+            )
+        })?;
+        endpoints.push(e);
     }
-    Ok((cla.cluster_name, addrs))
+    Ok((cla.cluster_name, endpoints))
 }
+
+#[cfg(test)]
+#[path = "decode_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
@@ -595,8 +672,46 @@ mod tests {
             sni: "outbound_.9080_._.a.default.svc.cluster.local".into(),
             ..Default::default()
         };
-        let tls = upstream_tls(ctx);
+        let tls = upstream_tls(ctx).unwrap();
+        assert!(tls.origination.is_none(), "mesh mTLS");
         assert!(tls.expected_sans.is_empty());
         assert_eq!(tls.sni, "outbound_.9080_._.a.default.svc.cluster.local");
+    }
+
+    #[test]
+    fn direct_responses_are_decoded_and_bad_ones_refused() {
+        use mesh_proto::envoy::envoy::config::core::v3::{DataSource, data_source::Specifier};
+        use mesh_proto::envoy::envoy::config::route::v3::DirectResponseAction;
+        let dr = |status: u32, body: Option<Specifier>| DirectResponseAction {
+            status,
+            body: body.map(|s| DataSource {
+                specifier: Some(s),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ok = direct_response(
+            "r",
+            "f",
+            dr(502, Some(Specifier::InlineString("no".into()))),
+        )
+        .unwrap();
+        assert_eq!((ok.status, ok.body.as_slice()), (502, b"no".as_slice()));
+        let bytes = direct_response("r", "f", dr(200, Some(Specifier::InlineBytes(vec![0, 1]))));
+        assert_eq!(bytes.unwrap().body, vec![0, 1]);
+        assert!(
+            direct_response("r", "f", dr(204, None))
+                .unwrap()
+                .body
+                .is_empty()
+        );
+        let bad_status = direct_response("r", "f", dr(99, None)).unwrap_err();
+        assert!(bad_status.to_string().contains("f.direct_response.status"));
+        let file = direct_response(
+            "r",
+            "f",
+            dr(200, Some(Specifier::Filename("/etc/passwd".into()))),
+        );
+        assert!(file.unwrap_err().to_string().contains("inline_string"));
     }
 }

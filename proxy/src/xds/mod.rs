@@ -1,8 +1,12 @@
 //! The xDS side: the Envoy node, decoding resources, the accepted state, the published
-//! snapshot and the ADS client.
+//! snapshot and the ADS client (Delta or SotW, plaintext or mTLS).
 
+pub mod access_log;
 mod client;
+mod connect;
 mod decode;
+mod delta;
+mod delta_stream;
 mod node;
 mod snapshot;
 mod state;
@@ -10,8 +14,11 @@ mod state;
 #[doc(hidden)]
 pub mod testdata;
 
-pub use client::{AdsSession, StreamError, run};
+pub use client::{AdsSession, StreamError, XdsClientConfig, XdsProtocol, run, run_client};
+pub use connect::XdsTlsConfig;
 pub use decode::DecodeError;
+pub use delta::{DeltaOutcome, DeltaSession};
+pub use delta_stream::WARMING_TIMEOUT;
 pub use node::{NodeInfo, ProxyType, parse_labels};
 pub use snapshot::{Config, Listener, SharedConfig, Versions};
 pub use state::{ApplyError, ResourceType, XdsState};

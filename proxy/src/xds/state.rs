@@ -9,7 +9,7 @@ use std::sync::Arc;
 use mesh_proto::envoy::google::protobuf::Any;
 use mesh_proto::type_url;
 
-use crate::cluster::{Cluster, Endpoints};
+use crate::cluster::{Cluster, Discovery, Endpoints};
 use crate::routing::RouteTable;
 
 use super::decode::{self, DecodeError};
@@ -74,7 +74,12 @@ pub struct XdsState {
     routes: BTreeMap<String, Arc<RouteTable>>,
     clusters: BTreeMap<String, Arc<Cluster>>,
     endpoints: BTreeMap<String, Arc<Endpoints>>,
+    /// Non-EDS clusters' discovery type, and STATIC clusters' inline endpoints.
+    discovery: BTreeMap<String, Discovery>,
+    static_endpoints: BTreeMap<String, Arc<Endpoints>>,
     versions: Versions,
+    access_logs: BTreeMap<String, Arc<super::access_log::ListenerLogs>>,
+    gateway_tls: BTreeMap<String, Arc<crate::gateway::GatewayTls>>,
     lds_applied: bool,
     cds_applied: bool,
 }
@@ -101,11 +106,22 @@ impl XdsState {
         match ty {
             ResourceType::Listener => {
                 let mut next = BTreeMap::new();
+                let mut logs = BTreeMap::new();
+                let mut tls = BTreeMap::new();
                 for r in resources {
                     let l = decode::listener(r)?;
+                    let access = super::access_log::listener_logs(r)?;
+                    if !access.is_empty() {
+                        logs.insert(l.name.clone(), Arc::new(access));
+                    }
+                    if let Some(t) = self.decode_gateway_tls(r)? {
+                        tls.insert(l.name.clone(), t);
+                    }
                     insert_unique(&mut next, l.name.clone(), l)?;
                 }
                 self.listeners = next;
+                self.access_logs = logs;
+                self.gateway_tls = tls;
                 let referenced = self.route_names();
                 self.routes.retain(|k, _| referenced.contains(k));
                 self.versions.listeners = version.to_string();
@@ -113,8 +129,25 @@ impl XdsState {
             }
             ResourceType::Cluster => {
                 let mut next = BTreeMap::new();
+                let mut discovery = BTreeMap::new();
+                let mut statics = BTreeMap::new();
                 for r in resources {
-                    let c = decode::cluster(r)?;
+                    let decode::DecodedCluster {
+                        cluster: c,
+                        discovery: d,
+                        static_endpoints,
+                    } = decode::cluster(r)?;
+                    if let Some(eps) = static_endpoints {
+                        let eps = Endpoints::from_endpoints(eps);
+                        let eps = match self.static_endpoints.get(&c.name) {
+                            Some(old) if **old == eps => old.clone(),
+                            _ => Arc::new(eps),
+                        };
+                        statics.insert(c.name.clone(), eps);
+                    }
+                    if d != Discovery::Eds {
+                        discovery.insert(c.name.clone(), d);
+                    }
                     // Keep the same Arc when unchanged so nothing downstream sees a difference.
                     let c = match self.clusters.get(&c.name) {
                         Some(old) if **old == c => old.clone(),
@@ -123,6 +156,8 @@ impl XdsState {
                     insert_unique(&mut next, c.name.clone(), c)?;
                 }
                 self.clusters = next;
+                self.discovery = discovery;
+                self.static_endpoints = statics;
                 let referenced = self.cluster_names();
                 self.endpoints.retain(|k, _| referenced.contains(k));
                 self.versions.clusters = version.to_string();
@@ -142,11 +177,11 @@ impl XdsState {
             ResourceType::Endpoint => {
                 let mut next = BTreeMap::new();
                 for r in resources {
-                    let (name, addrs) = decode::load_assignment(r)?;
-                    // Keep the round-robin position when the addresses did not change.
+                    let (name, endpoints) = decode::load_assignment(r)?;
+                    // Keep the round-robin position when the endpoints did not change.
                     let e = match self.endpoints.get(&name) {
-                        Some(old) if old.addrs == addrs => old.clone(),
-                        _ => Arc::new(Endpoints::new(addrs)),
+                        Some(old) if old.endpoints == endpoints => old.clone(),
+                        _ => Arc::new(Endpoints::from_endpoints(endpoints)),
                     };
                     insert_unique(&mut next, name, e)?;
                 }
@@ -165,14 +200,66 @@ impl XdsState {
             listeners: self.listeners.clone(),
             routes: self.routes.clone(),
             clusters: self.clusters.clone(),
-            endpoints: self.endpoints.clone(),
+            endpoints: {
+                let mut e = self.endpoints.clone();
+                e.extend(
+                    self.static_endpoints
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
+                e
+            },
+            discovery: self.discovery.clone(),
             versions: self.versions.clone(),
+            access_logs: self.access_logs.clone(),
+            gateway_tls: self.gateway_tls.clone(),
         }
     }
 
-    /// EDS names the accepted clusters need, sorted.
+    /// A gateway listener's TLS termination (files read now: unreadable or bad certificates
+    /// reject the update). Unchanged from the accepted one: the same (it reloads its files
+    /// itself).
+    fn decode_gateway_tls(
+        &self,
+        r: &Any,
+    ) -> Result<Option<Arc<crate::gateway::GatewayTls>>, ApplyError> {
+        use mesh_proto::envoy::envoy::config::listener::v3::Listener as EnvoyListener;
+        use prost::Message;
+        let l = EnvoyListener::decode(r.value.as_slice()).map_err(|e| DecodeError::Protobuf {
+            resource: "listener".to_string(),
+            reason: e.to_string(),
+        })?;
+        let res = format!("listener {}", l.name);
+        let spec =
+            crate::gateway::listener_tls(&l).map_err(|(field, reason)| DecodeError::Invalid {
+                resource: res.clone(),
+                field,
+                reason,
+            })?;
+        let Some(spec) = spec else {
+            return Ok(None);
+        };
+        if let Some(old) = self.gateway_tls.get(&l.name)
+            && *old.spec() == spec
+        {
+            return Ok(Some(old.clone()));
+        }
+        let built = crate::gateway::GatewayTls::build(spec).map_err(|e| DecodeError::Invalid {
+            resource: res,
+            field: "filter_chains.transport_socket".to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(Arc::new(built)))
+    }
+
+    /// EDS names the accepted EDS clusters need, sorted (STATIC, DNS and ORIGINAL_DST
+    /// clusters do not wait for EDS).
     pub fn cluster_names(&self) -> BTreeSet<String> {
-        self.clusters.values().map(|c| c.eds_name.clone()).collect()
+        self.clusters
+            .values()
+            .filter(|c| !self.discovery.contains_key(&c.name))
+            .map(|c| c.eds_name.clone())
+            .collect()
     }
 
     /// Route configuration names the accepted listeners reference, sorted.
