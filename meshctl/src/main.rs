@@ -7,6 +7,7 @@ mod dashboard;
 mod galley_api;
 mod get;
 mod history;
+mod proxy_config;
 mod state;
 mod up;
 mod validate;
@@ -61,6 +62,12 @@ enum Command {
     /// Cross-resource checks with Istio's analyzer codes (IST0101, IST0109, ...) over files, or
     /// without `-f` over everything Galley stores; exit 1 when a finding is an Error.
     Analyze(analyze::AnalyzeArgs),
+    /// Every proxy connected to Pilot and whether its CDS, LDS, EDS and RDS are in sync
+    /// (SYNCED, STALE, NACKED, NOT SENT), from Pilot's `/debug/syncz`.
+    ProxyStatus(proxy_config::ProxyStatusArgs),
+    /// One proxy's clusters, listeners, routes or endpoints as Pilot sends them, from Pilot's
+    /// `/debug/config_dump`.
+    ProxyConfig(proxy_config::ProxyConfigArgs),
 }
 
 #[tokio::main]
@@ -104,6 +111,12 @@ async fn main() {
             Ok(url) => history::run_rollback(&args, &url).await.map_err(Into::into),
             Err(e) => Err(e.into()),
         },
+        Command::ProxyStatus(args) => proxy_config::run_status(&args, &state_dir)
+            .await
+            .map_err(Into::into),
+        Command::ProxyConfig(args) => proxy_config::run_config(&args, &state_dir)
+            .await
+            .map_err(Into::into),
         Command::Validate(_) | Command::Analyze(_) => Ok(()),
     };
     mesh_runtime::exit_on_error("meshctl", res);
@@ -135,6 +148,22 @@ mod tests {
         );
         let c = Cli::try_parse_from(["meshctl", "analyze", "-f", "a.yaml", "-o", "json"]).unwrap();
         assert!(matches!(c.command, Command::Analyze(ref a) if a.files.len() == 1));
+        let c = Cli::try_parse_from([
+            "meshctl",
+            "proxy-config",
+            "routes",
+            "productpage",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        assert!(matches!(c.command, Command::ProxyConfig(ref p)
+            if p.kind == proxy_config::ConfigKind::Routes && p.proxy == "productpage"
+                && p.output == proxy_config::Output::Json));
+        let c = Cli::try_parse_from(["meshctl", "proxy-status", "--pilot", "http://p:1"]).unwrap();
+        assert!(
+            matches!(c.command, Command::ProxyStatus(ref p) if p.pilot.as_deref() == Some("http://p:1"))
+        );
         let c = Cli::try_parse_from(["meshctl", "rollback", "7"]).unwrap();
         assert!(matches!(c.command, Command::Rollback(ref r) if r.rev == 7));
     }

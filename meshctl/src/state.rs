@@ -25,6 +25,9 @@ pub struct MeshState {
     pub config_dir: PathBuf,
     /// The ingress gateway's HTTP URL (Gateway port 80).
     pub ingress: String,
+    /// `host:port` where the ingress gateway serves Gateway port 443 (HTTPS servers, TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_https: Option<String>,
     pub galley: GalleyAddrs,
     pub pilot: PilotAddrs,
     pub citadel: GrpcAddrs,
@@ -163,6 +166,7 @@ mod tests {
             state_dir: dir.to_path_buf(),
             config_dir: dir.join("config"),
             ingress: "http://127.0.0.1:1".into(),
+            ingress_https: None,
             galley: GalleyAddrs {
                 api: "http://127.0.0.1:2".into(),
                 mcp: "http://127.0.0.1:3".into(),

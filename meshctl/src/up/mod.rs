@@ -74,6 +74,17 @@ pub struct UpArgs {
     /// to; the proxies then record every trace (sampling 100%). No tracing when unset.
     #[arg(long, env = "MESH_TRACE_COLLECTOR")]
     pub trace_collector: Option<String>,
+
+    /// Turn access logging off in the mesh config `up` writes (`STATE/meshconfig.yaml`). By
+    /// default every proxy writes Istio's JSON access log line per request to its stdout, i.e.
+    /// its process log `STATE/logs/<name>.log`.
+    #[arg(long, env = "MESH_NO_ACCESS_LOG")]
+    pub no_access_log: bool,
+
+    /// Lifetime every proxy asks Citadel for its workload certificate (`24h`, `10m`, `60s`;
+    /// renewed at half life). Unset: the proxy's default, 24h.
+    #[arg(long, env = "MESH_UP_CERT_TTL")]
+    pub cert_ttl: Option<String>,
 }
 
 /// `up` failed.
@@ -188,6 +199,11 @@ pub async fn run(args: UpArgs, state_dir: PathBuf) -> Result<(), UpError> {
     let mut layout = Layout::new(dirs, args.demo, &mut PortPool::new(ports))
         .map_err(|e| UpError::Ports(e.to_string()))?;
     layout.trace_collector = args.trace_collector.clone();
+    layout.cert_ttl = args.cert_ttl.clone();
+    layout.access_log = !args.no_access_log;
+    let mesh_config = layout.dirs.mesh_config();
+    std::fs::write(&mesh_config, plan::mesh_config_yaml(layout.access_log))
+        .map_err(io_err(&mesh_config))?;
 
     let demo_file = layout.dirs.config.join(DEMO_FILE);
     if args.demo {

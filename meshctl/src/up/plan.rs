@@ -16,6 +16,12 @@ pub const INGRESS_POD: &str = "istio-ingressgateway";
 pub const INGRESS_NAMESPACE: &str = "istio-system";
 pub const INGRESS_SERVICE_ACCOUNT: &str = "istio-ingressgateway-service-account";
 pub const INGRESS_LABELS: &str = "istio=ingressgateway";
+/// Pilot's identity (its xDS mTLS certificate, from Citadel), as Istio 1.4 names it; the
+/// proxies accept only this identity on Pilot's mTLS xDS port.
+pub const PILOT_NAMESPACE: &str = "istio-system";
+pub const PILOT_SERVICE_ACCOUNT: &str = "istio-pilot-service-account";
+pub const PILOT_SPIFFE_ID: &str =
+    "spiffe://cluster.local/ns/istio-system/sa/istio-pilot-service-account";
 
 /// One process to start: a name (its log is `logs/<name>.log`), the command, and the URL that
 /// answers 200 once it is ready.
@@ -73,7 +79,16 @@ impl Dirs {
     pub fn galley_store(&self) -> PathBuf {
         self.state.join("galley.sled")
     }
+    /// Galley's `--mesh-config`: Istio's mesh config YAML, written by `up`, watched by galley.
+    pub fn mesh_config(&self) -> PathBuf {
+        self.state.join("meshconfig.yaml")
+    }
     /// The token file of a service account.
+    /// Where the ingress reads a Gateway server's `credentialName`:
+    /// `STATE/gateway-credentials/<name>/{tls.crt,tls.key,ca.crt}`.
+    pub fn gateway_credentials(&self) -> PathBuf {
+        self.state.join("gateway-credentials")
+    }
     pub fn token_file(&self, namespace: &str, sa: &str) -> PathBuf {
         self.tokens().join(format!("{namespace}.{sa}.jwt"))
     }
@@ -90,18 +105,47 @@ pub struct Layout {
     pub galley_api: SocketAddr,
     pub galley_monitoring: SocketAddr,
     pub pilot_xds: SocketAddr,
+    /// Pilot's xDS over mTLS (Istio's 15012): where the proxies connect.
+    pub pilot_xds_tls: SocketAddr,
     pub pilot_debug: SocketAddr,
     pub pilot_monitoring: SocketAddr,
     pub citadel_grpc: SocketAddr,
+    /// Citadel's TLS listener: workloads renew there with their current certificate.
+    pub citadel_tls: SocketAddr,
     pub citadel_monitoring: SocketAddr,
     pub mixer_grpc: SocketAddr,
     pub mixer_monitoring: SocketAddr,
     pub ingress: ProxyPlan,
     /// Where the ingress serves the Gateway's port 80.
     pub ingress_http: SocketAddr,
+    /// Where the ingress serves the Gateway's port 443 (HTTPS servers, TLS passthrough).
+    pub ingress_https: SocketAddr,
     pub workloads: Vec<Workload>,
     /// Every proxy exports spans here (OTLP/gRPC) and records every trace; none when `None`.
     pub trace_collector: Option<String>,
+    /// Workload certificate lifetime every proxy asks Citadel for (`--cert-ttl`); the proxy's
+    /// default (24h) when `None`.
+    pub cert_ttl: Option<String>,
+    /// Whether the mesh config turns access logging on (JSON to each proxy's stdout, i.e. its
+    /// process log `STATE/logs/<name>.log`).
+    pub access_log: bool,
+}
+
+/// The mesh config `up` writes (Istio's `mesh` ConfigMap key): access logs in JSON to each
+/// proxy's standard output when `access_log`, else off. Policy checks fail open (Istio's
+/// default is closed): the local demo keeps answering while Mixer restarts, as the chart's
+/// default `policyCheckFailOpen: true` does in a cluster.
+pub fn mesh_config_yaml(access_log: bool) -> String {
+    let file = if access_log { "/dev/stdout" } else { "\"\"" };
+    format!(
+        "# Istio's mesh config (what the `mesh` key of Istio's `istio` ConfigMap holds), read by\n\
+         # galley --mesh-config and watched: edit it while the mesh runs. Written by `meshctl up`.\n\
+         accessLogFile: {file}\n\
+         accessLogEncoding: JSON\n\
+         policyCheckFailOpen: true\n\
+         # Istio 1.4 defaults to true; the demo's Mixer policy (deny, whitelist, quota) needs checks.\n\
+         disablePolicyChecks: false\n"
+    )
 }
 
 fn url(a: SocketAddr) -> String {
@@ -112,7 +156,7 @@ impl Layout {
     /// How many ports a layout takes.
     pub fn ports_needed(demo: bool) -> usize {
         let instances: usize = DEMO_APPS.iter().map(|(_, v)| v.len()).sum();
-        10 + 4 + if demo { instances * 4 } else { 0 }
+        12 + 5 + if demo { instances * 4 } else { 0 }
     }
 
     /// Assigns ports from `pool` to every listener.
@@ -124,9 +168,11 @@ impl Layout {
             galley_api: next()?,
             galley_monitoring: next()?,
             pilot_xds: next()?,
+            pilot_xds_tls: next()?,
             pilot_debug: next()?,
             pilot_monitoring: next()?,
             citadel_grpc: next()?,
+            citadel_tls: next()?,
             citadel_monitoring: next()?,
             mixer_grpc: next()?,
             mixer_monitoring: next()?,
@@ -142,8 +188,11 @@ impl Layout {
                 app: None,
             },
             ingress_http: next()?,
+            ingress_https: next()?,
             workloads: Vec::new(),
             trace_collector: None,
+            cert_ttl: None,
+            access_log: true,
         };
         if demo {
             for (app, versions) in DEMO_APPS {
@@ -211,6 +260,8 @@ impl Layout {
                     s(self.galley_api),
                     "--monitoring-addr".into(),
                     s(self.galley_monitoring),
+                    "--mesh-config".into(),
+                    p(&d.mesh_config()),
                 ],
                 ready_url: format!("{}/readyz", url(self.galley_monitoring)),
             },
@@ -222,6 +273,12 @@ impl Layout {
                     url(self.galley_mcp),
                     "--xds-addr".into(),
                     s(self.pilot_xds),
+                    "--xds-tls-addr".into(),
+                    s(self.pilot_xds_tls),
+                    "--citadel-addr".into(),
+                    url(self.citadel_grpc),
+                    "--citadel-token-file".into(),
+                    p(&d.token_file(PILOT_NAMESPACE, PILOT_SERVICE_ACCOUNT)),
                     "--debug-addr".into(),
                     s(self.pilot_debug),
                     "--monitoring-addr".into(),
@@ -235,6 +292,8 @@ impl Layout {
                 args: vec![
                     "--grpc-addr".into(),
                     s(self.citadel_grpc),
+                    "--tls-addr".into(),
+                    s(self.citadel_tls),
                     "--state-dir".into(),
                     p(&d.citadel()),
                     "--monitoring-addr".into(),
@@ -274,9 +333,13 @@ impl Layout {
             "--labels".into(),
             p.labels.clone(),
             "--xds-addr".into(),
-            url(self.pilot_xds),
+            format!("https://{}", self.pilot_xds_tls),
+            "--xds-san".into(),
+            PILOT_SPIFFE_ID.into(),
             "--citadel-addr".into(),
             url(self.citadel_grpc),
+            "--citadel-tls-addr".into(),
+            s(self.citadel_tls),
             "--token-file".into(),
             self.dirs
                 .token_file(&p.namespace, &p.service_account)
@@ -296,21 +359,25 @@ impl Layout {
         }
         if p.router {
             args.extend(["--gateway-port".into(), format!("80={}", self.ingress_http)]);
+            args.extend([
+                "--gateway-port".into(),
+                format!("443={}", self.ingress_https),
+            ]);
+            args.extend([
+                "--gateway-credential-dir".into(),
+                self.dirs.gateway_credentials().display().to_string(),
+            ]);
         }
         let name = if p.router {
             "ingressgateway".to_string()
         } else {
             format!("{}-proxy", p.pod)
         };
-        // Envoy-style JSON access log beside the process log.
-        args.extend([
-            "--access-log".into(),
-            self.dirs
-                .logs()
-                .join(format!("{name}.access.log"))
-                .display()
-                .to_string(),
-        ]);
+        // Access logs come from the mesh config (galley --mesh-config): JSON lines on the
+        // proxy's stdout, i.e. in its process log.
+        if let Some(ttl) = &self.cert_ttl {
+            args.extend(["--cert-ttl".into(), ttl.clone()]);
+        }
         if let Some(collector) = &self.trace_collector {
             // A local mesh is for looking at: record every trace.
             args.extend([
@@ -357,7 +424,8 @@ impl Layout {
 
     /// Every (namespace, service account) that needs a token.
     pub fn identities(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = Vec::new();
+        let mut out: Vec<(String, String)> =
+            vec![(PILOT_NAMESPACE.into(), PILOT_SERVICE_ACCOUNT.into())];
         for p in self.proxies() {
             let id = (p.namespace.clone(), p.service_account.clone());
             if !out.contains(&id) {
@@ -407,6 +475,7 @@ impl Layout {
             state_dir: self.dirs.state.clone(),
             config_dir: self.dirs.config.clone(),
             ingress: url(self.ingress_http),
+            ingress_https: Some(self.ingress_https.to_string()),
             galley: GalleyAddrs {
                 api: url(self.galley_api),
                 mcp: url(self.galley_mcp),
@@ -480,13 +549,16 @@ mod tests {
             l.galley_api,
             l.galley_monitoring,
             l.pilot_xds,
+            l.pilot_xds_tls,
             l.pilot_debug,
             l.pilot_monitoring,
             l.citadel_grpc,
+            l.citadel_tls,
             l.citadel_monitoring,
             l.mixer_grpc,
             l.mixer_monitoring,
             l.ingress_http,
+            l.ingress_https,
         ];
         for p in l.proxies() {
             addrs.extend([p.outbound, p.inbound, p.admin]);
@@ -496,6 +568,21 @@ mod tests {
         assert_eq!(distinct.len(), addrs.len());
         assert_eq!(addrs.len(), Layout::ports_needed(true));
         assert!(Layout::new(dirs(), true, &mut PortPool::new(vec![1, 2])).is_err());
+    }
+
+    #[test]
+    fn mesh_config_turns_json_access_logs_on_or_off() {
+        for (on, file) in [(true, "/dev/stdout"), (false, "")] {
+            let v: serde_json::Value = serde_saphyr::from_str(&mesh_config_yaml(on)).unwrap();
+            let mesh = mesh_proto::config::MeshConfig::from_json(v).unwrap();
+            assert_eq!(mesh.access_log_file, file);
+            assert!(mesh.policy_check_fail_open);
+            assert!(!mesh.disable_policy_checks, "checks stay on in local mode");
+            assert_eq!(
+                mesh.access_log_encoding,
+                mesh_proto::config::AccessLogEncoding::Json
+            );
+        }
     }
 
     #[test]
@@ -518,10 +605,14 @@ mod tests {
             flag(proxy, "--token-file"),
             ["/s/tokens/default.bookinfo-reviews.jwt"]
         );
-        assert_eq!(flag(proxy, "--xds-addr"), [url(l.pilot_xds)]);
         assert_eq!(
-            flag(proxy, "--access-log"),
-            ["/s/logs/reviews-v2-proxy.access.log"]
+            flag(proxy, "--xds-addr"),
+            [format!("https://{}", l.pilot_xds_tls)]
+        );
+        assert_eq!(flag(proxy, "--xds-san"), [PILOT_SPIFFE_ID]);
+        assert!(
+            flag(proxy, "--access-log").is_empty(),
+            "the mesh config decides"
         );
         let app = data.iter().find(|p| p.name == "reviews-v2").unwrap();
         assert_eq!(app.program, PathBuf::from("/bin/bookinfo"));
@@ -541,9 +632,16 @@ mod tests {
         assert_eq!(flag(ingress, "--labels"), ["istio=ingressgateway"]);
         assert_eq!(
             flag(ingress, "--gateway-port"),
-            [format!("80={}", l.ingress_http)]
+            [
+                format!("80={}", l.ingress_http),
+                format!("443={}", l.ingress_https)
+            ]
         );
         assert!(flag(ingress, "--app-addr").is_empty());
+        assert_eq!(
+            flag(ingress, "--gateway-credential-dir"),
+            ["/s/gateway-credentials"]
+        );
     }
 
     #[test]
@@ -556,6 +654,7 @@ mod tests {
         assert_eq!(names, ["galley", "pilot", "citadel", "mixer"]);
         assert_eq!(flag(&cp[0], "--config-dir"), ["/s/config"]);
         assert_eq!(flag(&cp[1], "--galley-addr"), [url(l.galley_mcp)]);
+        assert_eq!(flag(&cp[0], "--mesh-config"), ["/s/meshconfig.yaml"]);
         assert_eq!(flag(&cp[2], "--state-dir"), ["/s/citadel"]);
         assert_eq!(flag(&cp[3], "--galley-addr"), [url(l.galley_mcp)]);
         assert_eq!(
@@ -564,10 +663,24 @@ mod tests {
         );
         assert_eq!(
             l.identities(),
-            [(
-                "istio-system".to_string(),
-                INGRESS_SERVICE_ACCOUNT.to_string()
-            )]
+            [
+                (
+                    PILOT_NAMESPACE.to_string(),
+                    PILOT_SERVICE_ACCOUNT.to_string()
+                ),
+                (
+                    "istio-system".to_string(),
+                    INGRESS_SERVICE_ACCOUNT.to_string()
+                )
+            ]
+        );
+        assert_eq!(
+            flag(&cp[1], "--xds-tls-addr"),
+            [l.pilot_xds_tls.to_string()]
+        );
+        assert_eq!(
+            flag(&cp[1], "--citadel-token-file"),
+            ["/s/tokens/istio-system.istio-pilot-service-account.jwt"]
         );
         let line = l.ready_line();
         assert!(line.starts_with(&format!(
@@ -600,5 +713,25 @@ mod tests {
         }
         let app = data.iter().find(|p| p.name == "reviews-v2").unwrap();
         assert!(flag(app, "--trace-collector").is_empty());
+    }
+
+    #[test]
+    fn a_cert_ttl_goes_to_every_proxy() {
+        let mut l = layout(true);
+        assert!(
+            l.data_plane()
+                .iter()
+                .all(|p| flag(p, "--cert-ttl").is_empty())
+        );
+        l.cert_ttl = Some("90s".into());
+        let data = l.data_plane();
+        let proxies: Vec<&ProcSpec> = data
+            .iter()
+            .filter(|p| p.program == Path::new("/bin/mesh-proxy"))
+            .collect();
+        assert_eq!(proxies.len(), 7);
+        for p in proxies {
+            assert_eq!(flag(p, "--cert-ttl"), ["90s"], "{}", p.name);
+        }
     }
 }
