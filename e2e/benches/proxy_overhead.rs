@@ -18,7 +18,9 @@
 //!   MESH_BIN_DIR=/work/target-release/release cargo bench -p e2e --bench proxy_overhead
 //! Environment: `DURATION` seconds per measurement (default 10), `RATE` total rps of the
 //! fixed-rate run (default 1000), `CONNS` (default 16), `SERVICES` (default `100,1000`),
-//! `MESH_BIN_DIR` (default: this build's own target directory).
+//! `MESH_BIN_DIR` (default: this build's own target directory); `HOLD` seconds: only start the
+//! three paths, print their addresses and the proxies' pids, keep them up that long (for
+//! `perf record -g -p PID` under `wrk`) and measure nothing.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -177,6 +179,21 @@ async fn main() {
     ];
     for p in &paths {
         check_path(p).await;
+    }
+    // HOLD=<secs>: keep the three paths up that long for a profiler (`perf record -p PID`),
+    // print where they are, and measure nothing.
+    if let Some(hold) = std::env::var("HOLD")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        for p in &paths {
+            eprintln!(
+                "HOLD {}: {} Host: {} pids {:?}",
+                p.name, p.addr, p.host, p.pids
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+        return;
     }
     let rss_one_idle = rss_kb(mesh_one.proxy_pid());
     let mut results = Vec::new();

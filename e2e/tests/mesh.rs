@@ -357,8 +357,9 @@ async fn bookinfo_through_the_mesh() {
         }
     }
 
-    // Envoy-style access log: reviews-v2's sidecar logged productpage's mTLS requests.
-    let access_log = mesh.state_dir().join("logs/reviews-v2-proxy.access.log");
+    // Envoy-style access log (the mesh config `up` writes: JSON on each proxy's stdout, its
+    // process log): reviews-v2's sidecar logged productpage's mTLS requests.
+    let access_log = mesh.state_dir().join("logs/reviews-v2-proxy.log");
     let line = poll(
         "a 200 from productpage in reviews-v2's access log",
         Duration::from_secs(30),
@@ -370,9 +371,8 @@ async fn bookinfo_through_the_mesh() {
                 text.lines()
                     .filter_map(|l| serde_json::from_str::<Value>(l).ok())
                     .find(|v| {
-                        v["reporter"] == "destination"
-                            && v["response_code"] == 200
-                            && v["downstream_peer_principal"]
+                        v["response_code"] == 200
+                            && v["downstream_peer_uri_san"]
                                 == "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
                     })
                     .ok_or(format!("no such line in\n{text}"))
@@ -382,7 +382,7 @@ async fn bookinfo_through_the_mesh() {
     .await;
     assert_eq!(line["method"], "GET", "{line}");
     assert_eq!(line["protocol"], "HTTP/1.1", "{line}");
-    assert!(line["x_request_id"].is_string(), "{line}");
+    assert!(line["request_id"].is_string(), "{line}");
 
     let out = mesh.meshctl(&["delete", "virtualservice", "reviews", "-n", "default"]);
     assert_eq!(

@@ -32,8 +32,26 @@ pub fn wrk_args(addr: SocketAddr, host: &str, conns: usize, secs: u64) -> Vec<St
 
 /// Runs `wrk -t1 -cN -dSs -H 'Host: host' http://addr/`.
 pub fn wrk(addr: SocketAddr, host: &str, conns: usize, secs: u64) -> WrkResult {
+    run_wrk(
+        &wrk_args(addr, host, conns, secs),
+        &format!("{addr} (Host: {host})"),
+    )
+}
+
+/// Runs `wrk -t1 -cN -dSs URL` (any path, the URL's own Host).
+pub fn wrk_url(url: &str, conns: usize, secs: u64) -> WrkResult {
+    let args = vec![
+        "-t1".into(),
+        format!("-c{conns}"),
+        format!("-d{secs}s"),
+        url.to_string(),
+    ];
+    run_wrk(&args, url)
+}
+
+fn run_wrk(args: &[String], what: &str) -> WrkResult {
     let out = Command::new("wrk")
-        .args(wrk_args(addr, host, conns, secs))
+        .args(args)
         .output()
         .expect("run wrk (apt-get install -y wrk)");
     let raw = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -55,7 +73,7 @@ pub fn wrk(addr: SocketAddr, host: &str, conns: usize, secs: u64) -> WrkResult {
     let errors = num("Non-2xx or 3xx responses:") + num("Socket errors:");
     assert!(
         out.status.success() && rps > 0.0,
-        "wrk to {addr} (Host: {host}) failed: {raw}{}",
+        "wrk to {what} failed: {raw}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     WrkResult { rps, errors }
