@@ -147,6 +147,12 @@ run "kubernetes-validate --strict -k $KUBE_VERSION (crds/: $(cat "$chart"/crds/*
     "$python" -m kubernetes_validate --strict --quiet --kubernetes-version "$KUBE_VERSION" "$chart"/crds/*.yaml
 
 render default
+# galley with --kube keeps its config in the API server, so it scales: several replicas (with a
+# PodDisruptionBudget) and an HPA render and pass every check.
+printf 'galley:\n  replicas: 3\n' >"$out/galley-replicas-values.yaml"
+render galley-replicas "$out/galley-replicas-values.yaml"
+printf 'galley:\n  autoscaling:\n    enabled: true\n    minReplicas: 2\n    maxReplicas: 4\n' >"$out/galley-autoscaling-values.yaml"
+render galley-autoscaling "$out/galley-autoscaling-values.yaml"
 shopt -s nullglob
 for values in "$chart"/ci/*-values.yaml; do
     render "$(basename "$values" .yaml)" "$values"
@@ -162,20 +168,16 @@ run "docker/*.Dockerfile build the crates' binaries to the chart's paths and por
     "$python" "$here/check_dockerfiles.py"
 
 # Values the chart refuses rather than rendering something that would not work.
-run_fails "refuses citadel.replicas=2 (one CA root per pod)" \
+run "renders citadel.replicas=2 (replicas share the root through istio-ca-secret)" \
     "$helm" template "$release" "$chart" --set citadel.replicas=2
-run_fails "refuses galley.replicas=2 (one store per pod)" \
-    "$helm" template "$release" "$chart" --set galley.replicas=2
-run_fails "refuses galley.autoscaling.enabled (one store per pod)" \
-    "$helm" template "$release" "$chart" --set galley.autoscaling.enabled=true
 run_fails "refuses an HPA whose maxReplicas is below minReplicas" \
     "$helm" template "$release" "$chart" --set pilot.autoscaling.minReplicas=4 --set pilot.autoscaling.maxReplicas=2
 run_fails "refuses a webhook caBundle without the Secret holding its certificate" \
     "$helm" template "$release" "$chart" --set galley.validationWebhook.enabled=true --set galley.validationWebhook.caBundle=Zm9v
 run_fails "refuses an unknown webhook failurePolicy (values.schema.json)" \
     "$helm" template "$release" "$chart" --set pilot.sidecarInjectorWebhook.failurePolicy=Sometimes
-run_fails "refuses policyCheckFailOpen=false (not implemented)" \
-    "$helm" template "$release" "$chart" --set policyCheckFailOpen=false
+run "renders policyCheckFailOpen=false into the mesh config" \
+    bash -c '"$0" template "$1" "$2" --set policyCheckFailOpen=false | grep -q "policyCheckFailOpen: false"' "$helm" "$release" "$chart"
 run_fails "refuses a config file name that is not a ConfigMap key" \
     "$helm" template "$release" "$chart" --set-json 'config={"a/b.yaml":"kind: X"}'
 run_fails "refuses a non-integer replica count (values.schema.json)" \

@@ -34,21 +34,70 @@ def merge(base, over):
     return over
 
 
-def expected_args(service, release, values):
+def expected_args(service, release, values, ns=None):
     galley = f"http://{release}-galley:9901"
     td = values["trustDomain"]
     per_service = {
         "galley": ["--mcp-addr", "0.0.0.0:9901", "--api-addr", "0.0.0.0:9902",
-                   "--config-dir", "/etc/mesh/config", "--store", "/var/lib/galley/store"],
+                   "--config-dir", "/etc/mesh/config", "--store", "/var/lib/galley/store",
+                   "--kube", "--mesh-config", "/etc/mesh/mesh/mesh"],
         "pilot": ["--galley-addr", galley, "--xds-addr", "0.0.0.0:15010",
                   "--debug-addr", "0.0.0.0:8080", "--trust-domain", td],
         "citadel": ["--grpc-addr", "0.0.0.0:8060", "--state-dir", "/var/lib/citadel",
-                    "--trust-domain", td, "--kube-tokenreview"],
+                    "--trust-domain", td, "--kube-tokenreview", "--ca-secret",
+                    "--ca-secret-namespace", ns or "default"],
         "mixer": ["--grpc-addr", "0.0.0.0:9091", "--galley-addr", galley],
     }
     common = ["--monitoring-addr", "0.0.0.0:15014", "--log-level", values["logLevel"],
               "--log-format", values["logFormat"]]
-    return per_service[service] + common
+    return per_service[service] + pilot_extra_args(service, release, values, ns) + common
+
+
+def chart_app_version():
+    with open(os.path.join(CHART, "Chart.yaml")) as f:
+        return str(yaml.safe_load(f)["appVersion"])
+
+
+def pilot_extra_args(service, release, values, ns):
+    """Pilot's injection webhook and xDS-over-mTLS flags, when the values turn them on."""
+    if service == "galley":
+        if values["galley"]["validationWebhook"]["enabled"]:
+            return ["--webhook-addr", "0.0.0.0:9443",
+                    "--webhook-cert", "/etc/mesh/webhook-tls/tls.crt",
+                    "--webhook-key", "/etc/mesh/webhook-tls/tls.key"]
+        return []
+    if service != "pilot":
+        return []
+    pilot = values["pilot"]
+    repo = values["image"]["repository"].rstrip("/")
+    tag = values["image"].get("tag") or chart_app_version()
+    args = []
+    if pilot["sidecarInjectorWebhook"]["enabled"]:
+        args += ["--inject-addr", "0.0.0.0:15017",
+                 "--inject-cert", "/etc/mesh/webhook-tls/tls.crt",
+                 "--inject-key", "/etc/mesh/webhook-tls/tls.key",
+                 "--inject-proxy-image", f"{repo}/mesh-proxy:{tag}",
+                 "--inject-init-image", pilot["injectInitImage"],
+                 "--inject-xds-addr", f"http://{release}-pilot.{ns}.svc:15010",
+                 "--inject-citadel-addr", f"http://{release}-citadel.{ns}.svc:8060",
+                 "--inject-mixer-addr", f"http://{release}-mixer.{ns}.svc:9091"]
+    if pilot["xdsTls"]["enabled"]:
+        args += ["--xds-tls-addr", "0.0.0.0:15012",
+                 "--citadel-addr", f"http://{release}-citadel:8060",
+                 "--citadel-token-file", "/var/run/secrets/tokens/istio-token"]
+    return args
+
+
+def expected_ports(service, values):
+    ports = set(PORTS[service])
+    if service == "galley" and values["galley"]["validationWebhook"]["enabled"]:
+        ports.add(9443)
+    if service == "pilot":
+        if values["pilot"]["sidecarInjectorWebhook"]["enabled"]:
+            ports.add(15017)
+        if values["pilot"]["xdsTls"]["enabled"]:
+            ports.add(15012)
+    return ports
 
 
 PORTS = {
@@ -245,10 +294,28 @@ PLURALS = {"Endpoints": "endpoints", "Ingress": "ingresses", "NetworkPolicy": "n
            "PodDisruptionBudget": "poddisruptionbudgets"}
 
 
+# The verbs of a write need on a dynamic client, and the calls that show the code uses them.
+WRITE_VERBS = ["create", "update", "delete"]
+WRITE_CALLS = (".create(", ".replace(", ".delete(")
+
+
+def need_key(n):
+    """How a need is named when matched against the code: its resource, and for a write need on
+    the same resource as a read one, the resource with its verbs."""
+    return f"{n['resource']} ({', '.join(WRITE_VERBS)})" if n["verbs"] == WRITE_VERBS else n["resource"]
+
+
 def crate_api_resources(svc):
     """Resources the crate has a kube client for: `Api<Kind>` / `Api::<Kind>` in its sources, or a
-    raw request built on `Kind::url_path(..)` (kube's typed request builder)."""
+    raw request built on `Kind::url_path(..)` (kube's typed request builder). A dynamic client
+    (`Api<DynamicObject>`, its resources chosen at run time) stands for every get/list/watch need
+    of the service, where the crate calls `patch_status(`, every `/status` need, and where the
+    same file calls `.create(`, `.replace(` and `.delete(`, every create/update/delete need."""
     out = {}
+    dynamic = [n for n in (rbac_needs()[svc].get("needs") or [])
+               if n["verbs"] == ["get", "list", "watch"]]
+    status = [n for n in (rbac_needs()[svc].get("needs") or []) if n["resource"].endswith("/status")]
+    writes = [n for n in (rbac_needs()[svc].get("needs") or []) if n["verbs"] == WRITE_VERBS]
     for path in glob.glob(os.path.join(REPO, CRATE_DIR[svc], "src", "**", "*.rs"), recursive=True):
         if os.sep + "tests" in path or path.endswith("tests.rs"):
             continue
@@ -257,6 +324,11 @@ def crate_api_resources(svc):
             kinds = re.findall(r"\bApi(?:::)?<\s*(\w+)\s*>", text)
             kinds += re.findall(r"\b([A-Z]\w+)::url_path\(", text)
             for kind in kinds:
+                if kind == "DynamicObject":
+                    for n in dynamic + (status if "patch_status(" in text else []) + \
+                            (writes if all(c in text for c in WRITE_CALLS) else []):
+                        out.setdefault(need_key(n), os.path.relpath(path, REPO))
+                    continue
                 res = PLURALS.get(kind, kind.lower() + "s")
                 out.setdefault(res, os.path.relpath(path, REPO))
     return out
@@ -318,7 +390,7 @@ def check_rbac(by_kind, release, values):
                 f"crate {'uses a Kubernetes client in ' + ', '.join(hits) if hits else 'has no Kubernetes client'}: "
                 "update its needs (verbs the code uses) and the chart's Roles")
         # Resources used today: exactly those the crate has an `Api<Kind>` for.
-        used = {r["resource"] for r in rules if r.get("status") == "used"}
+        used = {need_key(r) for r in rules if r.get("status") == "used"}
         clients = crate_api_resources(svc)
         for res in sorted(set(clients) - used):
             problems.append(f"rbac-needs.yaml: {svc} has a client for {res} ({clients[res]}) but no `used` need for it")
@@ -337,6 +409,9 @@ def check_rbac(by_kind, release, values):
         problems.append(f"rbac-needs.yaml: galley's config kinds {sorted(galley ^ crds)} differ from charts/mesh/crds/")
     if status != crds:
         problems.append(f"rbac-needs.yaml: galley's status patches {sorted(status ^ crds)} differ from charts/mesh/crds/")
+    writes = {(r["apiGroup"], r["resource"]) for r in needs["galley"]["needs"] if r["verbs"] == WRITE_VERBS}
+    if writes != crds:
+        problems.append(f"rbac-needs.yaml: galley's writes {sorted(writes ^ crds)} differ from charts/mesh/crds/")
     if ns is not None and ns != next(iter(by_kind["Deployment"].values()))["metadata"]["namespace"]:
         problems.append(f"RBAC subjects are in namespace {ns}, not the release's")
     return problems
@@ -408,6 +483,9 @@ def check_webhooks(by_kind, release, values):
                 problems.append(f"pilot: injection rules {rules}")
             if hook.get("namespaceSelector") != {"matchLabels": {"istio-injection": "enabled"}}:
                 problems.append(f"pilot: namespaceSelector {hook.get('namespaceSelector')}")
+            opt_out = {"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}
+            if (hook.get("objectSelector") or {}).get("matchExpressions") != [opt_out]:
+                problems.append(f"pilot: objectSelector {hook.get('objectSelector')} lacks the opt-out label")
         try:
             ca_pem = base64.b64decode(cc.get("caBundle", ""), validate=True).decode()
         except ValueError:
@@ -594,7 +672,7 @@ def check(docs, release, values):
         (c,) = pod["containers"]
         if c.get("command") != [f"/usr/local/bin/{svc}"]:
             problems.append(f"{where} command {c.get('command')}")
-        want = expected_args(svc, release, values)
+        want = expected_args(svc, release, values, dep["metadata"]["namespace"])
         if c.get("args") != want:
             problems.append(f"{where} args {c.get('args')} != {want}")
         problems += check_flags_exist(svc, c)
@@ -616,7 +694,7 @@ def check(docs, release, values):
             want_secret = values[svc][WEBHOOK[svc][0]].get("existingSecret") or f"{name}-webhook-tls"
             if m is None or vol.get("secret", {}).get("secretName") != want_secret:
                 problems.append(f"{where} webhook certificate Secret {want_secret} not mounted at /etc/mesh/webhook-tls")
-        if {p["containerPort"] for p in c.get("ports", [])} != PORTS[svc]:
+        if {p["containerPort"] for p in c.get("ports", [])} != expected_ports(svc, values):
             problems.append(f"{where} container ports {c.get('ports')}")
         for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
             get = c.get(probe, {}).get("httpGet", {})
@@ -641,6 +719,8 @@ def check(docs, release, values):
         svc_obj = by_kind.get("Service", {}).get(name)
         if svc_obj is not None:
             want_ports = set(PORTS[svc])
+            if svc == "pilot" and values["pilot"]["xdsTls"]["enabled"]:
+                want_ports.add(15012)
             if svc in WEBHOOK and values[svc][WEBHOOK[svc][0]]["enabled"]:
                 want_ports.add(443)
                 hook = next((p for p in svc_obj["spec"]["ports"] if p["port"] == 443), {})

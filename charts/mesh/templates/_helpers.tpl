@@ -215,9 +215,6 @@ annotations:
 
 {{/* Checks of values that no schema can express. */}}
 {{- define "mesh.validateValues" -}}
-{{- if not .Values.policyCheckFailOpen -}}
-{{- fail "policyCheckFailOpen=false is not supported yet: the proxy always fails open when Mixer is unreachable (docs/contracts.md)" -}}
-{{- end -}}
 {{- end -}}
 
 {{/*
