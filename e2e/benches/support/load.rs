@@ -38,7 +38,9 @@ pub fn wrk(addr: SocketAddr, host: &str, conns: usize, secs: u64) -> WrkResult {
     )
 }
 
-/// Runs `wrk -t1 -cN -dSs URL` (any path, the URL's own Host).
+/// Runs `wrk -t1 -cN -dSs URL` (any path, the URL's own Host). Used by the mesh_policy bench
+/// (each bench compiles this module on its own).
+#[allow(dead_code)]
 pub fn wrk_url(url: &str, conns: usize, secs: u64) -> WrkResult {
     let args = vec![
         "-t1".into(),

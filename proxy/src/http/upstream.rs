@@ -253,6 +253,10 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
+/// A workload TLS configuration (by address) → the (configuration it came from, its HTTP/1
+/// variant).
+type H1TlsConfigs = HashMap<usize, (Arc<ClientConfig>, Arc<ClientConfig>)>;
+
 /// The upstream side: pooled clients for plaintext and per mTLS configuration (each for
 /// HTTP/1.1 and HTTP/2), and each cluster's load balancing, circuit breaker and outlier state.
 pub struct Upstream {
@@ -260,7 +264,7 @@ pub struct Upstream {
     h1: Arc<H1Pool>,
     /// The HTTP/1 client configuration derived from each workload configuration, by the
     /// latter's address (which the entry holds so that it is not reused meanwhile).
-    h1_tls: Mutex<HashMap<usize, (Arc<ClientConfig>, Arc<ClientConfig>)>>,
+    h1_tls: Mutex<H1TlsConfigs>,
     plain: PooledClient,
     plain_h2: PooledClient,
     connect_timeout: Duration,
