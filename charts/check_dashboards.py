@@ -54,13 +54,19 @@ REGISTER = re.compile(
 def handle_type(text, expr):
     """The declared type of the handle passed to register (`m.requests.clone()`, `gauge.clone()`)."""
     name = re.sub(r"\.clone\(\)$", "", expr.strip().rstrip(",").strip()).split(".")[-1]
-    # A struct field (`name: Family<L, Counter>,`) or a typed `let name: Gauge = ...;`.
-    m = re.search(rf"\b{re.escape(name)}\s*:\s*([^\n]+)", text)
-    if not m:
+    # A struct field (`name: Family<L, Counter>,`) or a typed `let name: Gauge = ...;`. When
+    # several structs of the file have a field of that name (a per-request recorder holding one
+    # labelled child beside the family), the family is the registered handle.
+    def resolve(ty):
+        ty = ty.split(" = ")[0].strip().rstrip(",;").strip()
+        alias = re.search(rf"\btype\s+{re.escape(ty)}\s*=\s*(.+?);", text, re.S)
+        return alias.group(1) if alias else ty
+
+    found = [resolve(m.group(1))
+             for m in re.finditer(rf"\b{re.escape(name)}\s*:\s*([^\n]+)", text)]
+    if not found:
         return None
-    ty = m.group(1).split(" = ")[0].strip().rstrip(",;").strip()
-    alias = re.search(rf"\btype\s+{re.escape(ty)}\s*=\s*(.+?);", text, re.S)
-    return alias.group(1) if alias else ty
+    return next((t for t in found if t.startswith("Family<")), found[0])
 
 
 def struct_fields(text, name):

@@ -78,7 +78,9 @@ def pilot_extra_args(service, release, values, ns):
                  "--inject-key", "/etc/mesh/webhook-tls/tls.key",
                  "--inject-proxy-image", f"{repo}/mesh-proxy:{tag}",
                  "--inject-init-image", pilot["injectInitImage"],
-                 "--inject-xds-addr", f"http://{release}-pilot.{ns}.svc:15010",
+                 "--inject-xds-addr",
+                 f"https://{release}-pilot.{ns}.svc:15012" if pilot["xdsTls"]["enabled"]
+                 else f"http://{release}-pilot.{ns}.svc:15010",
                  "--inject-citadel-addr", f"http://{release}-citadel.{ns}.svc:8060",
                  "--inject-mixer-addr", f"http://{release}-mixer.{ns}.svc:9091"]
     if pilot["xdsTls"]["enabled"]:
