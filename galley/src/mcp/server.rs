@@ -1,7 +1,9 @@
-//! The MCP `ResourceSource` service: per stream and collection, the full state on subscribe
-//! and on every change, with ACK/NACK bookkeeping.
+//! The MCP `ResourceSource` service: per stream and collection, the full state on subscribe,
+//! then on every change either the full state again or, for a sink that asked for incremental
+//! updates, only the resources added or changed and the names removed; ACK/NACK bookkeeping.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 
 use futures::Stream;
@@ -12,6 +14,7 @@ use mesh_proto::istio::mcp::v1alpha1::resource_source_server::{
 };
 use mesh_proto::istio::mcp::v1alpha1::{RequestResources, Resources};
 use mesh_proto::mcp::to_resource;
+use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -69,6 +72,7 @@ impl ResourceSource for McpServer {
             metrics: self.metrics.clone(),
             tx,
             states: BTreeMap::new(),
+            sent: BTreeMap::new(),
             sink: String::new(),
             peer,
         };
@@ -105,8 +109,27 @@ struct SinkStream {
     metrics: McpMetrics,
     tx: mpsc::Sender<Result<Resources, Status>>,
     states: BTreeMap<Kind, TypeState>,
+    /// Per collection, for a sink that asked for incremental updates: what it was last sent
+    /// (resource name → hash of the encoded resource). Absent: the next push is the full state.
+    sent: BTreeMap<Kind, Sent>,
     sink: String,
     peer: String,
+}
+
+/// What an incremental sink holds of one collection.
+#[derive(Debug, Default)]
+struct Sent {
+    /// The sink asked for incremental updates (MCP `RequestResources.incremental`).
+    incremental: bool,
+    /// Resource name → hash of its encoding, as last sent; `None` until a full state was sent.
+    resources: Option<BTreeMap<String, u64>>,
+}
+
+/// A hash of `bytes`, the same for the same bytes (std's `DefaultHasher::new()` has fixed keys).
+fn digest(bytes: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 impl SinkStream {
@@ -158,10 +181,15 @@ impl SinkStream {
         };
         let error = req.error_detail.as_ref().map(|s| s.message.as_str());
         let state = self.states.entry(kind).or_default();
-        match state.on_request(&req.response_nonce, error) {
+        let classified = state.on_request(&req.response_nonce, error);
+        let sent = self.sent.entry(kind).or_default();
+        sent.incremental = req.incremental;
+        match classified {
             Classified::Initial => {
-                tracing::debug!(sink = %self.sink, collection = %req.collection, "mcp subscribe");
+                tracing::debug!(sink = %self.sink, collection = %req.collection, incremental = req.incremental, "mcp subscribe");
                 state.reset();
+                // A (re)subscription starts from the full state.
+                sent.resources = None;
                 self.push(kind).await
             }
             Classified::Ack { version } => {
@@ -169,6 +197,9 @@ impl SinkStream {
                 Flow::Continue
             }
             Classified::Nack { version, error } => {
+                // The sink kept its previous state, which this stream no longer knows: the
+                // next push is the full state.
+                sent.resources = None;
                 self.metrics.nacks.inc();
                 tracing::warn!(sink = %self.sink, collection = %req.collection, %version, %error, "mcp nack: sink rejected the collection");
                 Flow::Continue
@@ -216,21 +247,64 @@ impl SinkStream {
                 return Flow::End;
             }
         };
+        let (resources, removed_resources, incremental) = self.delta(kind, resources);
         let state = self.states.entry(kind).or_default();
         let nonce = state.on_send(&version);
         let msg = Resources {
             system_version_info: version.clone(),
             collection: collection.to_string(),
             resources,
-            removed_resources: Vec::new(),
+            removed_resources,
             nonce,
-            incremental: false,
+            incremental,
         };
-        tracing::debug!(sink = %self.sink, collection, %version, resources = msg.resources.len(), "mcp push");
+        tracing::debug!(sink = %self.sink, collection, %version, resources = msg.resources.len(), removed = msg.removed_resources.len(), incremental, "mcp push");
         if self.tx.send(Ok(msg)).await.is_err() {
             return Flow::End;
         }
         self.metrics.pushes.inc();
         Flow::Continue
+    }
+
+    /// What to send of `kind` whose full state is `all`: for a sink that asked for incremental
+    /// updates and holds an earlier state, the resources added or changed since and the names
+    /// removed (`incremental` true); otherwise the full state. Records what the sink will hold.
+    fn delta(
+        &mut self,
+        kind: Kind,
+        all: Vec<mesh_proto::istio::mcp::v1alpha1::Resource>,
+    ) -> (
+        Vec<mesh_proto::istio::mcp::v1alpha1::Resource>,
+        Vec<String>,
+        bool,
+    ) {
+        let sent = self.sent.entry(kind).or_default();
+        if !sent.incremental {
+            sent.resources = None;
+            return (all, Vec::new(), false);
+        }
+        let name = |r: &mesh_proto::istio::mcp::v1alpha1::Resource| {
+            r.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
+        };
+        let now: BTreeMap<String, u64> = all
+            .iter()
+            .map(|r| (name(r), digest(&r.encode_to_vec())))
+            .collect();
+        let Some(before) = sent.resources.replace(now.clone()) else {
+            return (all, Vec::new(), false);
+        };
+        let removed = before
+            .keys()
+            .filter(|k| !now.contains_key(*k))
+            .cloned()
+            .collect();
+        let changed = all
+            .into_iter()
+            .filter(|r| {
+                let n = name(r);
+                before.get(&n) != now.get(&n)
+            })
+            .collect();
+        (changed, removed, true)
     }
 }

@@ -170,6 +170,67 @@ async fn subscribe_push_ack_nack() {
 }
 
 #[tokio::test]
+async fn incremental_sink_gets_only_changes_and_removals() {
+    let h = start().await;
+    h.store
+        .apply(vec![
+            Change::Put(Kind::VirtualService, vs("a", "a")),
+            Change::Put(Kind::VirtualService, vs("b", "b")),
+        ])
+        .await
+        .unwrap();
+    let (tx, mut stream) = open(h.addr).await;
+    let incremental = |nonce: &str, error: Option<&str>| RequestResources {
+        incremental: true,
+        ..request(VS, nonce, error)
+    };
+    tx.send(incremental("", None)).await.unwrap();
+    // The first answer is the full state.
+    let first = next(&mut stream).await;
+    assert!(!first.incremental);
+    assert_eq!(names(&first), vec!["default/a", "default/b"]);
+    tx.send(incremental(&first.nonce, None)).await.unwrap();
+
+    // One object changed, one removed, one added: only those travel.
+    h.store
+        .apply(vec![
+            Change::Put(Kind::VirtualService, vs("a", "a2")),
+            Change::Delete {
+                kind: Kind::VirtualService,
+                namespace: "default".into(),
+                name: "b".into(),
+            },
+            Change::Put(Kind::VirtualService, vs("c", "c")),
+        ])
+        .await
+        .unwrap();
+    let second = next(&mut stream).await;
+    assert!(second.incremental);
+    assert_eq!(names(&second), vec!["default/a", "default/c"]);
+    assert_eq!(second.removed_resources, vec!["default/b"]);
+    let a = from_resource(VS, &second.resources[0]).unwrap();
+    assert_eq!(a.body["spec"]["hosts"], json!(["a2"]));
+
+    // After a NACK the sink's state is unknown: the next push is the full state again.
+    tx.send(incremental(&second.nonce, Some("rejected")))
+        .await
+        .unwrap();
+    wait_until("nack counted", || h.metrics.nacks.get() == 1).await;
+    h.store
+        .apply(vec![Change::Put(Kind::VirtualService, vs("d", "d"))])
+        .await
+        .unwrap();
+    let third = next(&mut stream).await;
+    assert!(!third.incremental);
+    assert_eq!(names(&third), vec!["default/a", "default/c", "default/d"]);
+    assert!(third.removed_resources.is_empty());
+
+    drop(tx);
+    h.stop.send(true).unwrap();
+    h.server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn unknown_collection_ends_the_stream_with_an_error() {
     let h = start().await;
     let (tx, mut stream) = open(h.addr).await;

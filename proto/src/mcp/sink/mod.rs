@@ -344,7 +344,9 @@ impl<H: Handler> Sink<H> {
                 message,
                 details: Vec::new(),
             }),
-            incremental: false,
+            // Pilot's and Mixer's handlers apply incremental updates (added/changed resources
+            // and removed names) as well as full states.
+            incremental: true,
         }
     }
 }
