@@ -284,7 +284,10 @@ impl SinkStream {
             return (all, Vec::new(), false);
         }
         let name = |r: &mesh_proto::istio::mcp::v1alpha1::Resource| {
-            r.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
+            r.metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default()
         };
         let now: BTreeMap<String, u64> = all
             .iter()
