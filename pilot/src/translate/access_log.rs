@@ -35,42 +35,7 @@ pub const FILE_ACCESS_LOG: &str = "envoy.access_loggers.file";
 pub const DEFAULT_TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% \"%DYNAMIC_METADATA(istio.mixer:status)%\" \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
 
 /// Istio's default JSON access log keys and their operators, plus the peers' SPIFFE ids.
-pub const DEFAULT_JSON_FORMAT: &[(&str, &str)] = &[
-    ("start_time", "%START_TIME%"),
-    ("route_name", "%ROUTE_NAME%"),
-    ("method", "%REQ(:METHOD)%"),
-    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
-    ("protocol", "%PROTOCOL%"),
-    ("response_code", "%RESPONSE_CODE%"),
-    ("response_flags", "%RESPONSE_FLAGS%"),
-    ("bytes_received", "%BYTES_RECEIVED%"),
-    ("bytes_sent", "%BYTES_SENT%"),
-    ("duration", "%DURATION%"),
-    (
-        "upstream_service_time",
-        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-    ),
-    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
-    ("user_agent", "%REQ(USER-AGENT)%"),
-    ("request_id", "%REQ(X-REQUEST-ID)%"),
-    ("authority", "%REQ(:AUTHORITY)%"),
-    ("upstream_host", "%UPSTREAM_HOST%"),
-    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
-    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
-    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
-    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
-    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
-    (
-        "istio_policy_status",
-        "%DYNAMIC_METADATA(istio.mixer:status)%",
-    ),
-    (
-        "upstream_transport_failure_reason",
-        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
-    ),
-    ("downstream_peer_uri_san", "%DOWNSTREAM_PEER_URI_SAN%"),
-    ("upstream_peer_uri_san", "%UPSTREAM_PEER_URI_SAN%"),
-];
+pub const DEFAULT_JSON_FORMAT: &[(&str, &str)] = mesh_proto::config::ACCESS_LOG_JSON_FORMAT;
 
 fn string_value(s: &str) -> Value {
     Value {

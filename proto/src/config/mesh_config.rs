@@ -111,6 +111,46 @@ impl MeshConfig {
     }
 }
 
+/// Istio's default JSON access log keys and their Envoy operators (`accessLogEncoding: JSON`
+/// with no `accessLogFormat`), plus the peers' SPIFFE ids: what Pilot sends and what the
+/// proxy's `--access-log` writes.
+pub const ACCESS_LOG_JSON_FORMAT: &[(&str, &str)] = &[
+    ("start_time", "%START_TIME%"),
+    ("route_name", "%ROUTE_NAME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("duration", "%DURATION%"),
+    (
+        "upstream_service_time",
+        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    ),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    (
+        "istio_policy_status",
+        "%DYNAMIC_METADATA(istio.mixer:status)%",
+    ),
+    (
+        "upstream_transport_failure_reason",
+        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    ),
+    ("downstream_peer_uri_san", "%DOWNSTREAM_PEER_URI_SAN%"),
+    ("upstream_peer_uri_san", "%UPSTREAM_PEER_URI_SAN%"),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
