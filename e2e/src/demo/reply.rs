@@ -44,6 +44,13 @@ impl CallResult {
 }
 
 impl Reply {
+    /// Every call in the tree, nested ones included, succeeded.
+    pub fn all_ok(&self) -> bool {
+        self.calls
+            .iter()
+            .all(|c| c.reply().is_some_and(Reply::all_ok))
+    }
+
     /// The reply from the call to `service`, if it was made and succeeded.
     pub fn call(&self, service: &str) -> Option<&Reply> {
         self.calls
@@ -75,6 +82,8 @@ mod tests {
                 },
             ],
         };
+        assert!(!r.all_ok(), "reviews failed");
+        assert!(r.calls[0].reply().is_some_and(Reply::all_ok));
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(
             s,
