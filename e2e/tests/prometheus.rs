@@ -291,7 +291,7 @@ async fn prometheus_scrapes_the_mesh_and_counts_the_traffic() {
             let status = r.status();
             let body = r.text().await.map_err(|e| e.to_string())?;
             let reply: Reply =
-                serde_json::from_str(&body).map_err(|e| format!("{status} {body}"))?;
+                serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
             let with_ratings = reply
                 .call("reviews")
                 .is_some_and(|rv| rv.call("ratings").is_some());
