@@ -1,5 +1,6 @@
 //! The runtime every mesh service binary shares.
 //!
+//! - [`admission`]: the `AdmissionReview` envelope the admission webhooks read and answer.
 //! - [`args`]: logging flags common to every service, parsed with clap; [`args_error`]: bad
 //!   flags reported in one line.
 //! - [`https`]: a rustls server config and an accept loop serving a router over HTTPS (the
@@ -10,6 +11,7 @@
 //! - [`startup`]: binding listeners with a one-line reason on failure, and the exit path for
 //!   errors that stop a service from starting.
 
+pub mod admission;
 pub mod args;
 pub mod args_error;
 pub mod https;

@@ -1,70 +1,30 @@
 //! Judging one `AdmissionReview`: the request's object is checked as `meshctl validate` checks a
 //! document, and the answer is an `AdmissionReview` of the version asked.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::source::Document;
 use crate::validate::{Checked, check_document};
 
-/// The AdmissionReview API versions answered.
-const VERSIONS: [&str; 2] = ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"];
-
-/// A body that is not an AdmissionReview request (answered with 400).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReviewError {
-    #[error("apiVersion {0:?} is not one of admission.k8s.io/v1, admission.k8s.io/v1beta1")]
-    Version(String),
-    #[error("kind {0:?} is not AdmissionReview")]
-    Kind(String),
-    #[error("request is missing")]
-    NoRequest,
-    #[error("request.uid is missing")]
-    NoUid,
-}
+use mesh_runtime::admission::AdmissionRequest;
+pub use mesh_runtime::admission::ReviewError;
 
 /// The answer to `body` (an `AdmissionReview` with a `request`): an `AdmissionReview` of the same
 /// apiVersion whose `response` copies the uid and allows or denies the object. DELETE is always
 /// allowed, as are kinds galley does not validate; a denial's `status.message` holds one line per
 /// problem, each `Kind namespace/name: field: reason`.
 pub fn review(body: &Value) -> Result<Value, ReviewError> {
-    let api_version = body
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if !VERSIONS.contains(&api_version) {
-        return Err(ReviewError::Version(api_version.to_string()));
-    }
-    let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
-    if kind != "AdmissionReview" {
-        return Err(ReviewError::Kind(kind.to_string()));
-    }
-    let request = body
-        .get("request")
-        .filter(|r| r.is_object())
-        .ok_or(ReviewError::NoRequest)?;
-    let uid = request
-        .get("uid")
-        .and_then(Value::as_str)
-        .filter(|u| !u.is_empty())
-        .ok_or(ReviewError::NoUid)?;
-    let operation = request
-        .get("operation")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let verdict = if operation == "DELETE" {
+    let review = AdmissionRequest::parse(body)?;
+    let verdict = if review.operation() == "DELETE" {
         Ok(())
     } else {
-        judge(request)
+        judge(review.request)
     };
     let response = match verdict {
-        Ok(()) => json!({"uid": uid, "allowed": true}),
-        Err(message) => json!({
-            "uid": uid,
-            "allowed": false,
-            "status": {"status": "Failure", "reason": "Invalid", "code": 422, "message": message},
-        }),
+        Ok(()) => review.allowed(),
+        Err(message) => review.denied(422, "Invalid", &message),
     };
-    Ok(json!({"apiVersion": api_version, "kind": "AdmissionReview", "response": response}))
+    Ok(review.answer(response))
 }
 
 /// Checks the request's object; `Err` holds the denial message.

@@ -7,21 +7,8 @@ use serde_json::{Value, json};
 use super::patch::{Decision, decide};
 use super::sidecar::InjectConfig;
 
-/// The AdmissionReview API versions answered.
-const VERSIONS: [&str; 2] = ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"];
-
-/// A body that is not an AdmissionReview request (answered with 400 and this text).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReviewError {
-    #[error("apiVersion {0:?} is not one of admission.k8s.io/v1, admission.k8s.io/v1beta1")]
-    Version(String),
-    #[error("kind {0:?} is not AdmissionReview")]
-    Kind(String),
-    #[error("request is missing")]
-    NoRequest,
-    #[error("request.uid is missing")]
-    NoUid,
-}
+use mesh_runtime::admission::AdmissionRequest;
+pub use mesh_runtime::admission::ReviewError;
 
 /// How a review was answered (for metrics and logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,60 +20,39 @@ pub enum Outcome {
 
 /// Answers `body`: an `AdmissionReview` of the same apiVersion whose `response` copies the uid.
 pub fn review(body: &Value, config: &InjectConfig) -> Result<(Value, Outcome), ReviewError> {
-    let api_version = body
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if !VERSIONS.contains(&api_version) {
-        return Err(ReviewError::Version(api_version.to_string()));
-    }
-    let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
-    if kind != "AdmissionReview" {
-        return Err(ReviewError::Kind(kind.to_string()));
-    }
-    let request = body
-        .get("request")
-        .filter(|r| r.is_object())
-        .ok_or(ReviewError::NoRequest)?;
-    let uid = request
-        .get("uid")
-        .and_then(Value::as_str)
-        .filter(|u| !u.is_empty())
-        .ok_or(ReviewError::NoUid)?;
-    let (response, outcome) = answer(uid, request, config);
-    Ok((
-        json!({"apiVersion": api_version, "kind": "AdmissionReview", "response": response}),
-        outcome,
-    ))
+    let review = AdmissionRequest::parse(body)?;
+    let (response, outcome) = answer(&review, config);
+    Ok((review.answer(response), outcome))
 }
 
-fn answer(uid: &str, request: &Value, config: &InjectConfig) -> (Value, Outcome) {
-    let allowed = json!({"uid": uid, "allowed": true});
+fn answer(review: &AdmissionRequest<'_>, config: &InjectConfig) -> (Value, Outcome) {
+    let request = review.request;
     let is_pod = request.get("kind").is_some_and(|k| {
         k.get("kind") == Some(&json!("Pod")) && k.get("group").is_none_or(|g| g == "")
     });
-    let operation = request.get("operation").and_then(Value::as_str);
-    if !is_pod || operation.is_some_and(|op| op != "CREATE") {
-        return (allowed, Outcome::Skipped);
+    let operation = review.operation();
+    if !is_pod || !(operation.is_empty() || operation == "CREATE") {
+        return (review.allowed(), Outcome::Skipped);
     }
     let namespace = request
         .get("namespace")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    let deny = |message: &str| (review.denied(400, "BadRequest", message), Outcome::Denied);
     let Some(object) = request.get("object") else {
-        return deny(uid, "request.object is missing");
+        return deny("request.object is missing");
     };
     match decide(object, config) {
         Ok(Decision::Skip(reason)) => {
             tracing::debug!(%namespace, reason, "pod left without a sidecar");
-            (allowed, Outcome::Skipped)
+            (review.allowed(), Outcome::Skipped)
         }
         Ok(Decision::Inject(ops)) => {
             let patch = Value::Array(ops).to_string();
             tracing::info!(%namespace, pod = %pod_name(object), "sidecar injected");
             (
                 json!({
-                    "uid": uid,
+                    "uid": review.uid,
                     "allowed": true,
                     "patchType": "JSONPatch",
                     "patch": base64::engine::general_purpose::STANDARD.encode(patch),
@@ -96,20 +62,9 @@ fn answer(uid: &str, request: &Value, config: &InjectConfig) -> (Value, Outcome)
         }
         Err(e) => {
             tracing::info!(%namespace, error = %e, "pod refused");
-            deny(uid, &format!("sidecar injection failed: {e}"))
+            deny(&format!("sidecar injection failed: {e}"))
         }
     }
-}
-
-fn deny(uid: &str, message: &str) -> (Value, Outcome) {
-    (
-        json!({
-            "uid": uid,
-            "allowed": false,
-            "status": {"status": "Failure", "reason": "BadRequest", "code": 400, "message": message},
-        }),
-        Outcome::Denied,
-    )
 }
 
 fn pod_name(object: &Value) -> String {
