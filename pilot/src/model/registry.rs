@@ -282,6 +282,13 @@ impl Registry {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    // The clusterIP (not `None` of a headless Service) is the service's VIP.
+                    addresses: spec
+                        .cluster_ip
+                        .iter()
+                        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+                        .cloned()
+                        .collect(),
                     ..Service::default()
                 },
             );

@@ -2,6 +2,7 @@
 //! gateways (virtual hosts from the VirtualServices bound to the gateway).
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 
 use mesh_proto::envoy::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
 
@@ -57,20 +58,31 @@ pub fn sidecar_routes(
 /// `FQDN`, `FQDN:P`, `name.ns[.svc]`, `name.ns[.svc]:P`, and `name`, `name:P` for proxies in the
 /// service's namespace (Kubernetes Services); a ServiceEntry host and `host:P`.
 fn sidecar_domains(svc: &Service, port: u16, proxy_namespace: &str) -> Vec<String> {
-    if !svc.is_kubernetes() {
-        // A ServiceEntry host (maybe `*.example.com`): only as written.
-        return vec![svc.fqdn.clone(), format!("{}:{port}", svc.fqdn)];
-    }
     let mut hosts = vec![svc.fqdn.clone()];
-    if svc.namespace == proxy_namespace {
-        hosts.push(svc.name.clone());
+    // A ServiceEntry host (maybe `*.example.com`) only as written; a Kubernetes Service also by
+    // its short names.
+    if svc.is_kubernetes() {
+        if svc.namespace == proxy_namespace {
+            hosts.push(svc.name.clone());
+        }
+        hosts.push(format!("{}.{}", svc.name, svc.namespace));
+        hosts.push(format!("{}.{}.svc", svc.name, svc.namespace));
     }
-    hosts.push(format!("{}.{}", svc.name, svc.namespace));
-    hosts.push(format!("{}.{}.svc", svc.name, svc.namespace));
-    hosts
+    let mut domains: Vec<String> = hosts
         .into_iter()
         .flat_map(|h| [h.clone(), format!("{h}:{port}")])
-        .collect()
+        .collect();
+    // The service's VIPs (clusterIP, ServiceEntry `addresses` that are single IPs), as a client
+    // that connects by address sends them in `Host` (`curl http://10.0.0.1:9080/`).
+    for ip in svc
+        .addresses
+        .iter()
+        .filter_map(|a| a.parse::<IpAddr>().ok())
+    {
+        domains.push(ip.to_string());
+        domains.push(SocketAddr::new(ip, port).to_string());
+    }
+    domains
 }
 
 /// One `http.<port>` table per port of the gateways selecting this proxy, sorted by port.

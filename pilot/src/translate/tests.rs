@@ -353,6 +353,54 @@ fn broken_virtual_service_is_skipped_alone() {
 }
 
 #[test]
+fn a_service_vip_is_a_domain_with_and_without_the_port() {
+    let mut objs = bookinfo();
+    objs.extend(objects(serde_json::json!([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "details", "namespace": "default"},
+         "spec": {"clusterIP": "10.96.0.12", "ports": [{"name": "http", "port": 9080}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "headless", "namespace": "default"},
+         "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 9080}]}},
+        {"apiVersion": "networking.istio.io/v1alpha3", "kind": "ServiceEntry",
+         "metadata": {"name": "ext", "namespace": "default"},
+         "spec": {"hosts": ["ext.example.com"], "addresses": ["240.0.0.1", "240.1.0.0/16"],
+                  "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                  "resolution": "DNS", "location": "MESH_EXTERNAL"}},
+    ])));
+    let cfg = translate(&registry(objs), &sidecar("default"), &opts());
+    let domains = |name: &str| -> Vec<String> {
+        cfg.routes
+            .iter()
+            .flat_map(|rc| &rc.virtual_hosts)
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("no virtual host {name}"))
+            .domains
+            .clone()
+    };
+    let details = domains("details.default.svc.cluster.local:9080");
+    assert!(details.contains(&"10.96.0.12".to_string()), "{details:?}");
+    assert!(
+        details.contains(&"10.96.0.12:9080".to_string()),
+        "{details:?}"
+    );
+    let headless = domains("headless.default.svc.cluster.local:9080");
+    assert!(
+        !headless.iter().any(|d| d.starts_with("None")),
+        "{headless:?}"
+    );
+    let ext = domains("ext.example.com:80");
+    assert_eq!(
+        ext,
+        [
+            "ext.example.com",
+            "ext.example.com:80",
+            "240.0.0.1",
+            "240.0.0.1:80"
+        ],
+        "a CIDR is no Host"
+    );
+}
+
+#[test]
 fn other_namespace_gets_no_short_name() {
     let cfg = translate(&registry(bookinfo()), &sidecar("prod"), &opts());
     let vh = &cfg.routes[0].virtual_hosts[2];
