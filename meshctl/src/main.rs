@@ -62,7 +62,7 @@ enum Command {
     /// Cross-resource checks with Istio's analyzer codes (IST0101, IST0109, ...) over files, or
     /// without `-f` over everything Galley stores; exit 1 when a finding is an Error.
     Analyze(analyze::AnalyzeArgs),
-    /// Every proxy connected to Pilot and whether its CDS, LDS, EDS and RDS are in sync
+    /// Every proxy connected to Pilot and whether its CDS, LDS, EDS, RDS and SDS are in sync
     /// (SYNCED, STALE, NACKED, NOT SENT), from Pilot's `/debug/syncz`.
     ProxyStatus(proxy_config::ProxyStatusArgs),
     /// One proxy's clusters, listeners, routes or endpoints as Pilot sends them, from Pilot's

@@ -5,8 +5,9 @@ use serde_json::Value;
 use super::resolve::display_name;
 use super::table::Table;
 
-/// The xDS types in table order (`/debug/syncz` short names).
-const TYPES: [&str; 4] = ["cds", "lds", "eds", "rds"];
+/// The xDS types in table order (`/debug/syncz` short names); `sds` (gateway credentials) is
+/// sent to routers only, so a sidecar shows `NOT SENT` there.
+const TYPES: [&str; 5] = ["cds", "lds", "eds", "rds", "sds"];
 
 /// One type's state: `SYNCED` (the proxy ACKed the version last sent), `NACKED` (it rejected
 /// the version last sent), `STALE` (sent, not answered yet), `NOT SENT`.
@@ -27,7 +28,9 @@ pub fn type_state(t: &Value) -> &'static str {
 pub fn render(syncz: &Value, pilot: &str) -> String {
     let mut entries: Vec<&Value> = syncz.as_array().into_iter().flatten().collect();
     entries.sort_by_key(|p| display_name(p));
-    let mut table = Table::new(&["NAME", "CDS", "LDS", "EDS", "RDS", "PILOT", "PROTOCOL"]);
+    let mut table = Table::new(&[
+        "NAME", "CDS", "LDS", "EDS", "RDS", "SDS", "PILOT", "PROTOCOL",
+    ]);
     let mut nacks = Vec::new();
     for p in &entries {
         let name = display_name(p);
@@ -87,6 +90,7 @@ mod tests {
                     "lds": {"sent_version": "b", "acked_version": "b"},
                     "eds": {"sent_version": "c", "acked_version": "c"},
                     "rds": {"sent_version": "d", "acked_version": "d"},
+                    "sds": {"sent_version": "s", "acked_version": "s"},
                 }
             }
         ]);
@@ -102,12 +106,15 @@ mod tests {
             .collect();
         assert_eq!(
             rows[0],
-            ["NAME", "CDS", "LDS", "EDS", "RDS", "PILOT", "PROTOCOL"]
+            [
+                "NAME", "CDS", "LDS", "EDS", "RDS", "SDS", "PILOT", "PROTOCOL"
+            ]
         );
         assert_eq!(
             rows[1],
             [
                 "istio-ingressgateway.istio-system",
+                "SYNCED",
                 "SYNCED",
                 "SYNCED",
                 "SYNCED",
@@ -123,6 +130,7 @@ mod tests {
                 "STALE",
                 "SYNCED",
                 "NACKED",
+                "NOT SENT",
                 "NOT SENT",
                 "127.0.0.1:8080",
                 "sotw"
