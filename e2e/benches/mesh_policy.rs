@@ -15,9 +15,10 @@
 //! every proxy's `/config_dump` shows the new mixer filter settings and pilot's `/debug/syncz`
 //! shows every type of every proxy ACKed at the version last sent. Per phase it prints req/s,
 //! errors, the Check and Report calls Mixer answered (`mixer_check_total`,
-//! `mixer_report_records_total`) and the proxies' Check cache hits/misses
-//! (`proxy_mixer_check_cache_hits_total`, `_misses_total` on `/stats/prometheus`), then the
-//! throughput ratio on/off.
+//! `mixer_report_records_total`), the proxies' Check cache hits/misses
+//! (`proxy_mixer_check_cache_hits_total`, `_misses_total` on `/stats/prometheus`) and the CPU
+//! time per request of every process `meshctl up` started (from `/proc/PID/stat`, by process
+//! name; wrk's own is not counted), then the throughput ratio on/off.
 //!
 //! Release run (the figures to quote):
 //!   CARGO_TARGET_DIR=/work/target-release cargo build --release -p galley -p pilot -p citadel \
@@ -261,6 +262,47 @@ struct Phase {
     wrk: WrkResult,
     counters: Counters,
     converged: Duration,
+    /// CPU seconds each mesh process used during the measurement, by process name.
+    cpu: Vec<(String, f64)>,
+}
+
+impl Phase {
+    /// CPU µs per request of the processes whose name `pick` accepts.
+    fn cpu_per_request(&self, secs: u64, pick: impl Fn(&str) -> bool) -> f64 {
+        let requests = self.wrk.rps * secs as f64;
+        let cpu: f64 = self
+            .cpu
+            .iter()
+            .filter(|(n, _)| pick(n))
+            .map(|(_, c)| c)
+            .sum();
+        if requests > 0.0 {
+            cpu / requests * 1e6
+        } else {
+            0.0
+        }
+    }
+}
+
+/// utime + stime in seconds of each process `meshctl up` started (mesh.json `processes`).
+fn process_cpu(mesh: &Mesh) -> Vec<(String, f64)> {
+    mesh.info["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let name = p["name"].as_str()?.to_string();
+            let pid = p["pid"].as_i64()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<f64> = rest
+                .split_whitespace()
+                .map(|x| x.parse().unwrap_or(0.0))
+                .collect();
+            // Fields 14 and 15 (utime, stime), in clock ticks (100 a second on Linux).
+            Some((name, (f.get(11)? + f.get(12)?) / 100.0))
+        })
+        .collect()
 }
 
 async fn measure(
@@ -273,7 +315,18 @@ async fn measure(
     let url = format!("{}/productpage", mesh.ingress());
     load::wrk_url(&url, conns, 2);
     let before = counters(mesh).await;
+    let cpu_before = process_cpu(mesh);
     let wrk = load::wrk_url(&url, conns, secs);
+    let cpu: Vec<(String, f64)> = process_cpu(mesh)
+        .into_iter()
+        .map(|(n, c)| {
+            let c0 = cpu_before
+                .iter()
+                .find(|(m, _)| *m == n)
+                .map_or(c, |(_, c0)| *c0);
+            (n, c - c0)
+        })
+        .collect();
     let counters = counters(mesh).await.since(before);
     println!(
         "{name:<9} {:>9.1} req/s  errors {:>5}  checks {:>7.0}  reports {:>7.0}  cache hits {:>7.0} misses {:>5.0}",
@@ -284,12 +337,26 @@ async fn measure(
         counters.cache_hits,
         counters.cache_misses
     );
-    Phase {
+    let phase = Phase {
         name,
         wrk,
         counters,
         converged,
-    }
+        cpu,
+    };
+    let mut by_cpu = phase.cpu.clone();
+    by_cpu.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!(
+        "          mesh CPU {:.0} µs/request: {}",
+        phase.cpu_per_request(secs, |_| true),
+        by_cpu
+            .iter()
+            .take(8)
+            .map(|(n, _)| format!("{n} {:.0}", phase.cpu_per_request(secs, |m| m == n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    phase
 }
 
 fn ratio(p: &Phase) -> String {
@@ -384,20 +451,22 @@ async fn main() {
     out.push_str(&format!(
         "\n### Bookinfo through the ingress, Mixer policy + telemetry on vs off\n\n\
          commit {}, `wrk -t1 -c{conns} -d{secs}s INGRESS/productpage`{}\n\n\
-         | phase | req/s | errors | Checks at Mixer | Reports at Mixer | proxy Check cache hit ratio | converged in |\n\
-         |---|---|---|---|---|---|---|\n",
+         | phase | req/s | errors | Checks at Mixer | Reports at Mixer | proxy Check cache hit ratio | mesh CPU µs/request | of it Mixer | converged in |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         report::git_commit(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."))),
         if quick { " (quick run: not a measurement)" } else { "" },
     ));
     for p in &phases {
         out.push_str(&format!(
-            "| {} | {:.1} | {} | {:.0} | {:.0} | {} | {:.1} s |\n",
+            "| {} | {:.1} | {} | {:.0} | {:.0} | {} | {:.0} | {:.1} | {:.1} s |\n",
             p.name,
             p.wrk.rps,
             p.wrk.errors,
             p.counters.checks,
             p.counters.reports,
             ratio(p),
+            p.cpu_per_request(secs, |_| true),
+            p.cpu_per_request(secs, |n| n == "mixer"),
             p.converged.as_secs_f64()
         ));
     }

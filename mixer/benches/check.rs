@@ -10,7 +10,10 @@
 //! - `grpc`: through the real gRPC server on loopback, one call in flight (latency) and
 //!   `GRPC_CONCURRENCY` (16) in flight (throughput); the client on the bench's runtime thread,
 //!   the server on a runtime thread of its own, whose Checks per CPU second are printed apart
-//!   (`server thread ... per CPU-s`: the server's rate per core).
+//!   (`server thread ... per CPU-s`: the server's rate per core); `MIXER_SERVER=tonic` serves
+//!   through tonic's `Server` (`serve_grpc_tonic`) instead of hyper directly, to compare;
+//! - `report record`: `handle_report` with batches of 100 delta-encoded records over the
+//!   telemetry sample alone (prometheus `metrics.yaml`), per record (printed as "Check/s").
 //!
 //! Release figures: `cargo bench -p mixer --bench check` (`BENCH_SECONDS`, default 5, per
 //! measurement). Quick debug correctness run: `cargo bench -p mixer --bench check -- --test`
@@ -22,12 +25,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mesh_proto::attributes::{Bag, compress};
+use mesh_proto::attributes::{Bag, compress, compress_report};
 use mesh_proto::config::ConfigObject;
 use mesh_proto::dictionary;
-use mesh_proto::istio::mixer::v1::CheckRequest;
 use mesh_proto::istio::mixer::v1::check_request::QuotaParams;
 use mesh_proto::istio::mixer::v1::mixer_client::MixerClient;
+use mesh_proto::istio::mixer::v1::{CheckRequest, ReportRequest};
 use mixer::MixerService;
 use mixer::check::check_with_quotas;
 use mixer::config::{ConfigState, Policy, PolicyHandle};
@@ -73,12 +76,19 @@ fn pod(name: &str, app: &str, version: &str) -> ConfigObject {
 }
 
 fn policy() -> Option<Policy> {
+    let p = policy_from(&FILES)?;
+    assert_eq!(p.rules.len(), 5);
+    Some(p)
+}
+
+/// The policy of the sample `files` and the six Bookinfo pods.
+fn policy_from(files: &[&str]) -> Option<Policy> {
     let dir = Path::new(SAMPLES);
     if !dir.is_dir() {
         return None;
     }
     let mut objs = Vec::new();
-    for f in FILES {
+    for f in files {
         objs.extend(objects_from_yaml(
             &std::fs::read_to_string(dir.join(f)).unwrap(),
         ));
@@ -97,7 +107,6 @@ fn policy() -> Option<Policy> {
     state.apply_objects(objs).unwrap();
     let p = Policy::compile(&state);
     assert!(p.problems.is_empty(), "{:?}", p.problems);
-    assert_eq!(p.rules.len(), 5);
     Some(p)
 }
 
@@ -155,6 +164,28 @@ fn request(source: &str, dest: &str, svc: &str, path: &str, quota: bool) -> Chec
             Default::default()
         },
     }
+}
+
+/// A Report batch of `n` records as a proxy sends it: its Check bags (the mix's attributes)
+/// with the response attributes, delta-encoded.
+fn report_batch(n: usize) -> ReportRequest {
+    let checks = mix();
+    let bags: Vec<Bag> = (0..n)
+        .map(|i| {
+            let c = &checks[i % checks.len()];
+            let mut bag =
+                mesh_proto::attributes::decompress(c.attributes.as_ref().unwrap()).unwrap();
+            bag.set("response.code", if i % 10 == 9 { 503i64 } else { 200i64 });
+            bag.set(
+                "response.duration",
+                Duration::from_micros(800 + (i as u64 % 7) * 100),
+            );
+            bag.set("request.size", 0i64);
+            bag.set("response.size", 1_000 + i as i64);
+            bag
+        })
+        .collect();
+    compress_report(&bags)
 }
 
 /// The Bookinfo call mix: productpage → details/reviews, reviews → ratings (one denied by the
@@ -360,6 +391,23 @@ fn main() {
     });
     print("service (in process)", &f);
 
+    // Report, in process: batches of 100 records through `handle_report` with the telemetry
+    // sample's prometheus rule (metrics.yaml, as the mesh_policy bench applies), per record.
+    let report_policy = policy_from(&FILES[3..4]).unwrap();
+    let report_handle = PolicyHandle::default();
+    report_handle.set(report_policy);
+    let report_service = MixerService::new(report_handle, MixerMetrics::default());
+    let batch = report_batch(100);
+    let mut lat = Vec::new();
+    let started = Start::now();
+    while started.elapsed() < budget {
+        let t = Instant::now();
+        report_service.handle_report(&batch).unwrap();
+        let per = t.elapsed() / 100;
+        lat.extend(std::iter::repeat_n(per, 100));
+    }
+    print("report record (in process)", &figures(lat, &started));
+
     // Real gRPC server on loopback, on a runtime thread of its own (its CPU measured apart).
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -376,10 +424,16 @@ fn main() {
                 ready_tx
                     .send((listener.local_addr().unwrap(), thread_id()))
                     .unwrap();
-                let _ = mixer::server::serve_grpc(listener, server_service, async move {
+                let stopped = async move {
                     let _ = stopped.await;
-                })
-                .await;
+                };
+                // MIXER_SERVER=tonic: through tonic's `Server` instead, to compare.
+                if std::env::var("MIXER_SERVER").is_ok_and(|v| v == "tonic") {
+                    let _ =
+                        mixer::server::serve_grpc_tonic(listener, server_service, stopped).await;
+                } else {
+                    let _ = mixer::server::serve_grpc(listener, server_service, stopped).await;
+                }
             });
         })
         .unwrap();

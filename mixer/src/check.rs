@@ -245,7 +245,7 @@ pub fn matching_rules(policy: &Policy, bag: &Bag, refs: &mut Vec<Reference>) -> 
 }
 
 /// [`matching_rules`] over any attributes, recording borrowed reads.
-fn matching_rules_reads<'a, B: Attributes + ?Sized>(
+pub(crate) fn matching_rules_reads<'a, B: Attributes + ?Sized>(
     policy: &'a Policy,
     bag: &'a B,
     reads: &mut Vec<Read<'a>>,

@@ -81,13 +81,18 @@ impl MixerMetrics {
     }
 
     pub fn report_record(&self, destination_service: &str) {
-        self.report_records.inc();
+        self.report_records_for(destination_service, 1);
+    }
+
+    /// `n` records reported about `destination_service`.
+    pub fn report_records_for(&self, destination_service: &str, n: u64) {
+        self.report_records.inc_by(n);
         self.reported_requests
             .get_or_create(&vec![(
                 "destination_service",
                 destination_service.to_string(),
             )])
-            .inc();
+            .inc_by(n);
     }
 
     pub fn set_rules(&self, n: usize) {

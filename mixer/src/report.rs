@@ -1,17 +1,17 @@
 //! Report: decode every bag of the batch (delta-encoded) and count what was reported.
 
-use std::collections::HashMap;
+use std::cell::OnceCell;
 
-use mesh_proto::attributes::{Bag, decompress_report_with_word_count};
+use mesh_proto::attributes::{Bag, Value, decompress_report_with_word_count};
 use mesh_proto::istio::mixer::v1::ReportRequest;
 
 use crate::adapter::Adapter;
-use crate::adapter::prometheus::PrometheusSink;
+use crate::adapter::prometheus::{PrometheusSink, label_value};
 use crate::adapter::stdio::{self, StdioSink};
 use crate::adapter::tracespan::{self, SpanExporters};
-use crate::check::{RequestError, matching_rules, with_workload_attributes, word_count};
+use crate::check::{CheckAttributes, RequestError, matching_rules_reads, word_count};
 use crate::config::Policy;
-use crate::expr::evaluate_value;
+use crate::expr::{Attributes, eval_value_reads};
 use crate::metrics::MixerMetrics;
 
 /// The label used when a bag does not say which service it is about.
@@ -25,11 +25,16 @@ pub fn report(req: &ReportRequest, metrics: &MixerMetrics) -> Result<Vec<Bag>, R
     for bag in &bags {
         mesh_proto::attributes::check_types(bag)?;
     }
+    // Counted per destination service once per batch (a batch is mostly a few services).
+    let mut per_service: Vec<(&str, u64)> = Vec::new();
     for bag in &bags {
         let service = bag
             .get_string("destination.service.host")
             .unwrap_or(UNKNOWN_SERVICE);
-        metrics.report_record(service);
+        match per_service.iter_mut().find(|(s, _)| *s == service) {
+            Some((_, n)) => *n += 1,
+            None => per_service.push((service, 1)),
+        }
         tracing::debug!(
             destination_service = service,
             response_code = bag.get_int64("response.code"),
@@ -37,7 +42,67 @@ pub fn report(req: &ReportRequest, metrics: &MixerMetrics) -> Result<Vec<Bag>, R
             "request reported"
         );
     }
+    for (service, n) in per_service {
+        metrics.report_records_for(service, n);
+    }
     Ok(bags)
+}
+
+/// The attributes Report's rules read: what the client sent, the workload attributes (as
+/// [`CheckAttributes`] gives them) and what [`with_http_attributes`] derives from the request
+/// headers, without copying the bag.
+pub struct ReportAttributes<'a> {
+    check: CheckAttributes<'a>,
+    sent: &'a Bag,
+    /// `request.useragent`, `request.referer`, `request.id`, `context.protocol`: made on first
+    /// read.
+    derived: [OnceCell<Option<Value>>; 4],
+}
+
+/// The attributes derived from a request header, and the header.
+const FROM_HEADERS: [(&str, &str); 3] = [
+    ("request.useragent", "user-agent"),
+    ("request.referer", "referer"),
+    ("request.id", "x-request-id"),
+];
+
+impl<'a> ReportAttributes<'a> {
+    pub fn new(policy: &'a Policy, sent: &'a Bag) -> Self {
+        ReportAttributes {
+            check: CheckAttributes::new(policy, sent),
+            sent,
+            derived: Default::default(),
+        }
+    }
+
+    fn derive(&self, i: usize) -> Option<Value> {
+        let headers = self.sent.get_string_map("request.headers")?;
+        match FROM_HEADERS.get(i) {
+            Some((_, header)) => headers.get(*header).map(|v| Value::String(v.clone())),
+            None => self.sent.contains("request.method").then(|| {
+                let grpc = headers
+                    .get("content-type")
+                    .is_some_and(|c| c.starts_with("application/grpc"));
+                Value::from(if grpc { "grpc" } else { "http" })
+            }),
+        }
+    }
+}
+
+impl Attributes for ReportAttributes<'_> {
+    fn attribute(&self, name: &str) -> Option<&Value> {
+        if let Some(v) = self.check.attribute(name) {
+            return Some(v);
+        }
+        let i = match name {
+            "request.useragent" => 0,
+            "request.referer" => 1,
+            "request.id" => 2,
+            "context.protocol" => 3,
+            _ => return None,
+        };
+        self.derived[i].get_or_init(|| self.derive(i)).as_ref()
+    }
 }
 
 /// Where Report's instances go: the prometheus adapter's series, the stdio adapter's outputs and
@@ -97,11 +162,13 @@ pub fn with_http_attributes(bag: &mut Bag) {
 /// and handed to its adapter. An instance that cannot be evaluated is skipped (logged at debug).
 pub fn dispatch(policy: &Policy, bags: &[Bag], adapters: &ReportAdapters) {
     let mut logs: Vec<(&stdio::Params, Vec<u8>)> = Vec::new();
+    let mut matched = Vec::new();
     for sent in bags {
-        let (mut bag, _) = with_workload_attributes(policy, sent);
-        with_http_attributes(&mut bag);
-        let mut refs = Vec::new();
-        for ri in matching_rules(policy, &bag, &mut refs) {
+        let bag = ReportAttributes::new(policy, sent);
+        let mut reads = Vec::new();
+        matched.clear();
+        matching_rules_reads(policy, &bag, &mut reads, &mut matched);
+        for &ri in &matched {
             for action in &policy.rules[ri].actions {
                 match &action.adapter {
                     Adapter::Prometheus(params) => {
@@ -140,10 +207,13 @@ pub fn dispatch(policy: &Policy, bags: &[Bag], adapters: &ReportAdapters) {
 
 /// Runs only the `prometheus` actions of the telemetry rules (see [`dispatch`]).
 pub fn dispatch_metrics(policy: &Policy, bags: &[Bag], sink: &PrometheusSink) {
+    let mut matched = Vec::new();
     for sent in bags {
-        let (bag, _) = with_workload_attributes(policy, sent);
-        let mut refs = Vec::new();
-        for ri in matching_rules(policy, &bag, &mut refs) {
+        let bag = ReportAttributes::new(policy, sent);
+        let mut reads = Vec::new();
+        matched.clear();
+        matching_rules_reads(policy, &bag, &mut reads, &mut matched);
+        for &ri in &matched {
             for action in &policy.rules[ri].actions {
                 if let Adapter::Prometheus(params) = &action.adapter {
                     record_metrics(params, &action.instances, &bag, sink);
@@ -153,39 +223,44 @@ pub fn dispatch_metrics(policy: &Policy, bags: &[Bag], sink: &PrometheusSink) {
     }
 }
 
-fn record_metrics(
+fn record_metrics<B: Attributes + ?Sized>(
     params: &crate::adapter::prometheus::Params,
     instances: &[crate::config::Instance],
-    bag: &Bag,
+    bag: &B,
     sink: &PrometheusSink,
 ) {
+    let mut reads = Vec::new();
     for inst in instances {
-        let full = inst.full_name();
-        let Some(metric) = params.metrics.iter().find(|m| m.instance_name == full) else {
+        let Some(metric) = params
+            .metrics
+            .iter()
+            .find(|m| inst.is_named(&m.instance_name))
+        else {
             continue;
         };
         let Some(value_expr) = &inst.value else {
             continue;
         };
-        let value = match evaluate_value(value_expr, bag).result {
+        reads.clear();
+        let value = match eval_value_reads(value_expr, bag, &mut reads) {
             Ok(v) => v,
             Err(e) => {
                 tracing::debug!(instance = %inst.key, error = %e, "metric value not evaluated");
                 continue;
             }
         };
-        let mut dims = HashMap::with_capacity(inst.dimensions.len());
-        for (name, e) in &inst.dimensions {
-            match evaluate_value(e, bag).result {
-                Ok(v) => {
-                    dims.insert(name.clone(), v);
-                }
+        // Only the dimensions the metric has labels for are evaluated, straight to label text.
+        sink.record_with(metric, &value, |label| {
+            let (_, e) = inst.dimensions.iter().find(|(n, _)| n == label)?;
+            reads.clear();
+            match eval_value_reads(e, bag, &mut reads) {
+                Ok(v) => Some(label_value(&v)),
                 Err(err) => {
-                    tracing::debug!(instance = %inst.key, dimension = %name, error = %err, "metric dimension not evaluated");
+                    tracing::debug!(instance = %inst.key, dimension = %label, error = %err, "metric dimension not evaluated");
+                    None
                 }
             }
-        }
-        sink.record(metric, &value, &dims);
+        });
     }
 }
 
@@ -222,6 +297,37 @@ mod tests {
         assert!(
             text.contains(r#"mixer_reported_requests_total{destination_service="unknown"} 1"#),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn report_attributes_read_what_the_copied_bag_holds() {
+        let headers: std::collections::BTreeMap<String, String> = [
+            ("user-agent".to_string(), "curl/8".to_string()),
+            ("x-request-id".to_string(), "abc".to_string()),
+            ("content-type".to_string(), "application/grpc".to_string()),
+        ]
+        .into();
+        let sent = Bag::new()
+            .with("source.principal", "spiffe://cluster.local/ns/default/sa/a")
+            .with("source.uid", "kubernetes://nowhere.default")
+            .with("request.method", "POST")
+            .with("request.headers", headers);
+        let policy = Policy::default();
+        let (mut copied, _) = crate::check::with_workload_attributes(&policy, &sent);
+        with_http_attributes(&mut copied);
+        let view = ReportAttributes::new(&policy, &sent);
+        for (name, value) in copied.iter() {
+            assert_eq!(view.attribute(name), Some(value), "{name}");
+        }
+        assert_eq!(
+            view.attribute("context.protocol"),
+            Some(&Value::from("grpc"))
+        );
+        assert_eq!(view.attribute("request.referer"), None);
+        assert_eq!(
+            view.attribute("source.user"),
+            Some(&Value::from("cluster.local/ns/default/sa/a"))
         );
     }
 

@@ -30,7 +30,7 @@ pub enum RunError {
     #[error("invalid galley address {addr:?}: {message}")]
     GalleyAddr { addr: String, message: String },
     #[error("grpc server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
+    Grpc(std::io::Error),
     #[error("monitoring server failed: {0}")]
     Monitoring(std::io::Error),
 }
@@ -93,7 +93,7 @@ pub async fn run(
     let grpc_result = serve_grpc(grpc, service, stopped()).await;
     let _ = sink_task.await;
     let monitoring_result = monitoring_task.await;
-    grpc_result?;
+    grpc_result.map_err(RunError::Grpc)?;
     match monitoring_result {
         Ok(r) => r.map_err(RunError::Monitoring)?,
         Err(e) => tracing::warn!(error = %e, "monitoring task ended abnormally"),

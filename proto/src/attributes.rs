@@ -412,8 +412,20 @@ pub fn compress(bag: &Bag) -> CompressedAttributes {
 }
 
 fn compress_with(bag: &Bag, table: &mut WordTable) -> CompressedAttributes {
+    compress_changed(bag, None, table)
+}
+
+/// Compresses the attributes of `bag` whose value differs from `previous`'s (all without one).
+fn compress_changed(
+    bag: &Bag,
+    previous: Option<&Bag>,
+    table: &mut WordTable,
+) -> CompressedAttributes {
     let mut out = CompressedAttributes::default();
     for (name, value) in bag.iter() {
+        if previous.is_some_and(|p| p.get(name) == Some(value)) {
+            continue;
+        }
         let n = table.index(name);
         match value {
             Value::String(s) => {
@@ -619,14 +631,7 @@ pub fn compress_report(bags: &[Bag]) -> ReportRequest {
     let mut previous: Option<&Bag> = None;
     for bag in bags {
         let entry = match previous {
-            Some(prev) if !removes => {
-                let delta: Bag = bag
-                    .iter()
-                    .filter(|(k, v)| prev.get(k) != Some(*v))
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .collect();
-                compress_with(&delta, &mut table)
-            }
+            Some(prev) if !removes => compress_changed(bag, Some(prev), &mut table),
             _ => compress_with(bag, &mut table),
         };
         attributes.push(entry);

@@ -246,11 +246,17 @@ impl PrometheusSink {
     }
 
     fn series(&self, metric: &MetricInfo) -> Series {
-        let name = Self::exposed_name(metric);
         let mut all = self.series.lock();
-        if let Some(s) = all.get(&name) {
+        // Keyed by the exposed name without its `istio_` prefix: found without allocating.
+        let base = match metric.kind {
+            MetricKind::Counter => metric.name.strip_suffix("_total").unwrap_or(&metric.name),
+            _ => metric.name.as_str(),
+        };
+        if let Some(s) = all.get(base) {
             return s.clone();
         }
+        let base = base.to_string();
+        let name = Self::exposed_name(metric);
         let help = if metric.description.is_empty() {
             format!("{} from Mixer's prometheus adapter", metric.name)
         } else {
@@ -270,12 +276,23 @@ impl PrometheusSink {
             Series::Histogram(f) => r.register(name.clone(), help, f),
         });
         tracing::info!(metric = %name, "prometheus series registered");
-        all.insert(name, s.clone());
+        all.insert(base, s.clone());
         s
     }
 
     /// Records one instance of `metric`: `value` and `dimensions` (by name).
     pub fn record(&self, metric: &MetricInfo, value: &Value, dimensions: &HashMap<String, Value>) {
+        self.record_with(metric, value, |l| dimensions.get(l).map(label_value))
+    }
+
+    /// Records one instance of `metric`: `value`, and each label's text from `label` (by
+    /// label name; `None`: empty).
+    pub fn record_with(
+        &self,
+        metric: &MetricInfo,
+        value: &Value,
+        mut label: impl FnMut(&str) -> Option<String>,
+    ) {
         let Some(n) = numeric(value, &metric.name) else {
             tracing::debug!(metric = %metric.name, value = value.type_name(), "metric value is not a number");
             return;
@@ -283,12 +300,7 @@ impl PrometheusSink {
         let labels: Labels = metric
             .label_names
             .iter()
-            .map(|l| {
-                (
-                    l.clone(),
-                    dimensions.get(l).map(label_value).unwrap_or_default(),
-                )
-            })
+            .map(|l| (l.clone(), label(l).unwrap_or_default()))
             .collect();
         match self.series(metric) {
             Series::Counter(f) => {

@@ -18,14 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mesh_proto::attributes::{Bag, Value};
+use mesh_proto::attributes::Value;
 use parking_lot::Mutex;
 use serde_json::{Map, Value as Json};
 
 use super::accesslog;
 use super::int_param;
 use crate::config::Instance;
-use crate::expr::evaluate_value;
+use crate::expr::{Attributes, evaluate_value};
 
 /// Where lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,7 +212,7 @@ pub struct LogEntry {
 
 /// Evaluates `inst` (template `logentry`) against `bag`. Variables that cannot be evaluated are
 /// left out (logged at debug); a missing `timestamp` is now.
-pub fn evaluate_entry(inst: &Instance, bag: &Bag) -> LogEntry {
+pub fn evaluate_entry<B: Attributes + ?Sized>(inst: &Instance, bag: &B) -> LogEntry {
     let severity = inst
         .field("severity")
         .and_then(|e| evaluate_value(e, bag).result.ok())
@@ -532,6 +532,7 @@ fn rotate(path: &Path, keep: i64) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::expr::parse;
+    use mesh_proto::attributes::Bag;
     use serde_json::json;
 
     fn newlog() -> Instance {

@@ -20,7 +20,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mesh_proto::attributes::{Bag, Value};
+use mesh_proto::attributes::Value;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 
 use super::stdio::scalar_text;
 use crate::config::Instance;
-use crate::expr::evaluate_value;
+use crate::expr::{Attributes, evaluate_value};
 
 /// Spans queued per collector before new ones are dropped.
 pub const QUEUE: usize = 4096;
@@ -128,7 +128,11 @@ fn kv(key: &str, v: &Value) -> KeyValue {
 
 /// Builds the span of `inst` (template `tracespan`) for `bag`, or `None` when it has no trace
 /// or span id.
-pub fn build_span(params: &Params, inst: &Instance, bag: &Bag) -> Option<ExportedSpan> {
+pub fn build_span<B: Attributes + ?Sized>(
+    params: &Params,
+    inst: &Instance,
+    bag: &B,
+) -> Option<ExportedSpan> {
     let field = |name: &str| {
         inst.field(name)
             .and_then(|e| evaluate_value(e, bag).result.ok())
@@ -158,7 +162,7 @@ pub fn build_span(params: &Params, inst: &Instance, bag: &Bag) -> Option<Exporte
     let start = match field("startTime") {
         Some(Value::Timestamp(t)) => t,
         _ => {
-            let took = match bag.get("response.duration") {
+            let took = match bag.attribute("response.duration") {
                 Some(Value::Duration(d)) => *d,
                 _ => Duration::ZERO,
             };
@@ -320,6 +324,7 @@ async fn export_loop(
 mod tests {
     use super::*;
     use crate::expr::parse;
+    use mesh_proto::attributes::Bag;
     use serde_json::json;
 
     fn inst() -> Instance {

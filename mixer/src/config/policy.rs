@@ -59,6 +59,30 @@ impl Instance {
             .map_or(self.key.as_str(), |(_, n)| n)
     }
 
+    /// Whether `full` is [`Instance::full_name`] (compared without allocating).
+    pub fn is_named(&self, full: &str) -> bool {
+        let kind = if self.legacy {
+            self.template.as_str()
+        } else {
+            "instance"
+        };
+        let (name, ns) = match self.key.split_once('/') {
+            Some((ns, name)) => (name, Some(ns)),
+            None => (self.key.as_str(), None),
+        };
+        let Some(rest) = full
+            .strip_prefix(name)
+            .and_then(|r| r.strip_prefix('.'))
+            .and_then(|r| r.strip_prefix(kind))
+        else {
+            return false;
+        };
+        match ns {
+            Some(ns) => rest.strip_prefix('.') == Some(ns),
+            None => rest.is_empty(),
+        }
+    }
+
     /// The fully-qualified name (`requestcountquota.instance.istio-system`, or for the legacy
     /// form `requestcount.quota.istio-system`), as handler params name instances.
     pub fn full_name(&self) -> String {

@@ -23,14 +23,14 @@ const MAX_SHAPES: usize = 1_000;
 
 /// One attribute an answer depended on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Reference {
+pub(super) struct Reference {
     name: String,
     map_key: Option<String>,
     /// EXACT (true) or ABSENCE (false).
     exact: bool,
 }
 
-type Shape = Vec<Reference>;
+pub(super) type Shape = Vec<Reference>;
 
 #[derive(Debug, Clone)]
 struct Entry<T> {
@@ -72,7 +72,7 @@ fn word(i: i32, words: &[String]) -> Option<String> {
 }
 
 /// The shape of `ra`, or `None` when it cannot be cached (REGEX, unknown word).
-fn shape_of(ra: &ReferencedAttributes) -> Option<Shape> {
+pub(super) fn shape_of(ra: &ReferencedAttributes) -> Option<Shape> {
     let mut shape = Vec::with_capacity(ra.attribute_matches.len());
     for m in &ra.attribute_matches {
         let exact = match Condition::try_from(m.condition).ok()? {
@@ -100,7 +100,7 @@ fn shape_of(ra: &ReferencedAttributes) -> Option<Shape> {
 
 /// The signature of `bag` for `shape`: `None` when the bag does not fit the shape (an
 /// ABSENCE attribute present, an EXACT one missing).
-fn signature(shape: &Shape, bag: &Bag) -> Option<String> {
+pub(super) fn signature(shape: &Shape, bag: &Bag) -> Option<String> {
     let mut sig = String::new();
     for r in shape {
         let value = match &r.map_key {

@@ -1,19 +1,22 @@
 //! Check and Report calls to Mixer.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use mesh_proto::attributes::{Bag, compress, compress_report};
 use mesh_proto::dictionary;
+use mesh_proto::istio::mixer::v1::CheckRequest;
 use mesh_proto::istio::mixer::v1::check_request::QuotaParams;
+use mesh_proto::istio::mixer::v1::check_response::PreconditionResult;
 use mesh_proto::istio::mixer::v1::mixer_client::MixerClient as GrpcMixer;
-use mesh_proto::istio::mixer::v1::{CheckRequest, CheckResponse};
-use tokio::sync::mpsc;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 use tonic::transport::Channel;
 
 use super::cache::{CacheStats, CheckCache, DEFAULT_CAPACITY};
 use super::config::{FailPolicy, RequestPolicy};
+use super::quota::{Ask, Granted, Local, QuotaPools, Refill};
 use crate::admin::{CheckLabels, ProxyMetrics};
 
 /// How long a Check may take before the fail policy decides (Istio's mixer client gives its
@@ -21,8 +24,11 @@ use crate::admin::{CheckLabels, ProxyMetrics};
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// gRPC `RESOURCE_EXHAUSTED`.
 const RESOURCE_EXHAUSTED: i32 = 8;
+/// Records per Report call at most; a full batch is sent at once.
 const REPORT_BATCH: usize = 100;
+/// How often whatever is buffered is sent.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Records buffered at most (while Mixer is slow or away); more are dropped and counted.
 const REPORT_QUEUE: usize = 10_000;
 
 /// Why the client could not be created.
@@ -117,13 +123,31 @@ impl CheckOutcome {
     }
 }
 
-/// A Mixer client with its Check cache. Cheap to clone (clones share the cache).
+/// What a quota Check answered.
+struct Fetched {
+    precondition: CheckOutcome,
+    granted: Granted,
+    /// A non-OK status Mixer gave the quota.
+    status: Option<(i32, String)>,
+}
+
+/// Istio's refusal of an exhausted quota.
+fn exhausted(name: &str) -> CheckOutcome {
+    CheckOutcome::QuotaRefused {
+        code: RESOURCE_EXHAUSTED,
+        message: format!("Quota is exhausted for: {name}"),
+    }
+}
+
+/// A Mixer client with its Check cache and quota pools. Cheap to clone (clones share them).
 #[derive(Clone, Debug)]
 pub struct MixerClient {
     grpc: GrpcMixer<Channel>,
-    reports: mpsc::Sender<Bag>,
+    reports: Arc<ReportBuffer>,
+    report_full: Arc<Notify>,
     metrics: ProxyMetrics,
     cache: Arc<CheckCache<CheckOutcome>>,
+    quotas: Arc<QuotaPools>,
     check_timeout: Duration,
 }
 
@@ -148,13 +172,21 @@ impl MixerClient {
             .connect_timeout(check_timeout)
             .connect_lazy();
         let grpc = GrpcMixer::new(channel);
-        let (tx, rx) = mpsc::channel(REPORT_QUEUE);
-        tokio::spawn(report_loop(grpc.clone(), rx, metrics.clone()));
+        let reports = Arc::new(ReportBuffer::default());
+        let report_full = Arc::new(Notify::new());
+        tokio::spawn(report_loop(
+            grpc.clone(),
+            Arc::downgrade(&reports),
+            report_full.clone(),
+            metrics.clone(),
+        ));
         Ok(MixerClient {
             grpc,
-            reports: tx,
+            reports,
+            report_full,
             metrics,
             cache: Arc::new(CheckCache::new(DEFAULT_CAPACITY)),
+            quotas: Arc::new(QuotaPools::new()),
             check_timeout,
         })
     }
@@ -170,26 +202,32 @@ impl MixerClient {
         self.check_request(bag, &RequestPolicy::default()).await
     }
 
-    /// Checks a request. Without quotas the answer may come from the Check cache (an earlier
-    /// answer whose referenced attributes agree with `bag`); with quotas Mixer is always asked
-    /// (each `name → amount`, best_effort false) and the request is refused when a quota is
-    /// granted less than asked. Mixer unreachable or slower than the Check timeout: the policy's
-    /// FAIL_OPEN lets the request through, FAIL_CLOSE refuses it.
+    /// Checks a request. The precondition may come from the Check cache (an earlier answer
+    /// whose referenced attributes agree with `bag`); each quota (`name → amount`) is served from
+    /// its prefetch pool when it holds enough units Mixer granted ahead, else Mixer is asked
+    /// (see the `quota` module). A quota is refused (Istio's 429) when Mixer granted less than
+    /// asked, and for a short while after, without asking. Mixer unreachable or slower than the
+    /// Check timeout: the policy's FAIL_OPEN lets the request through, FAIL_CLOSE refuses it.
     pub async fn check_request(&self, bag: &Bag, policy: &RequestPolicy) -> CheckOutcome {
-        let outcome = if policy.quotas.is_empty() {
-            match self.cache.lookup(bag, Instant::now()) {
-                Some(cached) => {
-                    self.metrics.mixer_check_cache_hits.inc();
-                    cached
-                }
-                None => {
-                    self.metrics.mixer_check_cache_misses.inc();
-                    self.check_remote(bag, policy).await
+        let mut outcome = match self.cache.lookup(bag, Instant::now()) {
+            Some(cached) => {
+                self.metrics.mixer_check_cache_hits.inc();
+                cached
+            }
+            None => {
+                self.metrics.mixer_check_cache_misses.inc();
+                self.check_remote(bag, policy).await
+            }
+        };
+        if outcome == CheckOutcome::Allow {
+            for (name, amount) in &policy.quotas {
+                let quota = self.quota(bag, policy, name, *amount).await;
+                if quota != CheckOutcome::Allow {
+                    outcome = quota;
+                    break;
                 }
             }
-        } else {
-            self.check_remote(bag, policy).await
-        };
+        }
         let result = match &outcome {
             CheckOutcome::Allow => "allow",
             CheckOutcome::Deny { .. } => "deny",
@@ -216,29 +254,146 @@ impl MixerClient {
         outcome
     }
 
+    /// One quota of a request: from its pool, else from Mixer.
+    async fn quota(
+        &self,
+        bag: &Bag,
+        policy: &RequestPolicy,
+        name: &str,
+        amount: i64,
+    ) -> CheckOutcome {
+        match self.quotas.take(name, amount, bag, Instant::now()) {
+            Local::Served(refill) => {
+                if let Some(refill) = refill {
+                    self.spawn_refill(bag, name, refill);
+                }
+                return CheckOutcome::Allow;
+            }
+            Local::Refused => return exhausted(name),
+            Local::Ask => {}
+        }
+        let lock = self.quotas.fetch_lock(name);
+        let _fetching = lock.lock().await;
+        let ask = match self.quotas.retake(name, amount, bag, Instant::now()) {
+            Ok(true) => return CheckOutcome::Allow,
+            Ok(false) => return exhausted(name),
+            Err(ask) => ask,
+        };
+        let fetched = match self.fetch_quota(bag, name, ask).await {
+            Ok(f) => f,
+            Err(reason) => {
+                return match policy.fail_policy {
+                    FailPolicy::FailOpen => CheckOutcome::FailOpen(reason),
+                    FailPolicy::FailClose => CheckOutcome::FailClose(reason),
+                };
+            }
+        };
+        if let Some((code, message)) = fetched.status {
+            return CheckOutcome::QuotaRefused { code, message };
+        }
+        let now = Instant::now();
+        let pooled = self
+            .quotas
+            .add(name, bag, ask.amount, &fetched.granted, now);
+        if fetched.precondition != CheckOutcome::Allow {
+            return fetched.precondition;
+        }
+        let served = if pooled {
+            self.quotas.retake(name, amount, bag, now) == Ok(true)
+        } else {
+            fetched.granted.amount >= amount
+        };
+        if served {
+            CheckOutcome::Allow
+        } else {
+            exhausted(name)
+        }
+    }
+
+    /// Asks Mixer for a pool's refill off the request path (holding the quota's fetch lock).
+    fn spawn_refill(&self, bag: &Bag, name: &str, refill: Refill) {
+        let client = self.clone();
+        let bag = bag.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let Refill { guard, amount } = refill;
+            let ask = Ask {
+                amount,
+                best_effort: true,
+            };
+            match client.fetch_quota(&bag, &name, ask).await {
+                Ok(f) if f.status.is_none() => {
+                    client
+                        .quotas
+                        .add(&name, &bag, amount, &f.granted, Instant::now());
+                }
+                Ok(f) => {
+                    tracing::debug!(quota = %name, status = ?f.status, "quota refill refused");
+                }
+                Err(reason) => {
+                    tracing::debug!(quota = %name, %reason, "quota refill failed");
+                }
+            }
+            drop(guard);
+        });
+    }
+
+    /// A Check carrying one quota request; its precondition answer refreshes the cache.
+    async fn fetch_quota(&self, bag: &Bag, name: &str, ask: Ask) -> Result<Fetched, String> {
+        let req = CheckRequest {
+            attributes: Some(compress(bag)),
+            global_word_count: dictionary::words().len() as u32,
+            // Mixer dedups quota allocations per id + quota name: one id per call.
+            deduplication_id: format!("{:032x}", rand::random::<u128>()),
+            quotas: [(
+                name.to_string(),
+                QuotaParams {
+                    amount: ask.amount,
+                    best_effort: ask.best_effort,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let mut grpc = self.grpc.clone();
+        let resp = match tokio::time::timeout(self.check_timeout, grpc.check(req)).await {
+            Err(_) => return Err("mixer check timed out".into()),
+            Ok(Err(status)) => return Err(format!("mixer check failed: {}", status.message())),
+            Ok(Ok(resp)) => resp.into_inner(),
+        };
+        let precondition = self.precondition(bag, resp.precondition.clone().unwrap_or_default());
+        let Some(q) = resp.quotas.get(name) else {
+            return Ok(Fetched {
+                precondition,
+                granted: Granted::default(),
+                status: None,
+            });
+        };
+        Ok(Fetched {
+            precondition,
+            granted: Granted {
+                amount: q.granted_amount.max(0),
+                valid_duration: q
+                    .valid_duration
+                    .and_then(|d| Duration::try_from(d).ok())
+                    .unwrap_or_default(),
+                referenced: q.referenced_attributes.clone().unwrap_or_default(),
+            },
+            status: q
+                .status
+                .as_ref()
+                .filter(|s| s.code != 0)
+                .map(|s| (s.code, s.message.clone())),
+        })
+    }
+
+    /// The precondition Check (no quotas).
     async fn check_remote(&self, bag: &Bag, policy: &RequestPolicy) -> CheckOutcome {
         let req = CheckRequest {
             attributes: Some(compress(bag)),
             global_word_count: dictionary::words().len() as u32,
-            deduplication_id: if policy.quotas.is_empty() {
-                String::new()
-            } else {
-                // Mixer dedups quota allocations per id + quota name: one id per call.
-                format!("{:032x}", rand::random::<u128>())
-            },
-            quotas: policy
-                .quotas
-                .iter()
-                .map(|(name, amount)| {
-                    (
-                        name.clone(),
-                        QuotaParams {
-                            amount: *amount,
-                            best_effort: false,
-                        },
-                    )
-                })
-                .collect(),
+            deduplication_id: String::new(),
+            quotas: Default::default(),
         };
         let mut grpc = self.grpc.clone();
         let failed = |reason: String| match policy.fail_policy {
@@ -248,13 +403,14 @@ impl MixerClient {
         match tokio::time::timeout(self.check_timeout, grpc.check(req)).await {
             Err(_) => failed("mixer check timed out".into()),
             Ok(Err(status)) => failed(format!("mixer check failed: {}", status.message())),
-            Ok(Ok(resp)) => self.answer(bag, policy, resp.into_inner()),
+            Ok(Ok(resp)) => {
+                self.precondition(bag, resp.into_inner().precondition.unwrap_or_default())
+            }
         }
     }
 
-    /// The outcome of a Check response; the precondition goes into the cache.
-    fn answer(&self, bag: &Bag, policy: &RequestPolicy, resp: CheckResponse) -> CheckOutcome {
-        let pre = resp.precondition.unwrap_or_default();
+    /// The outcome of a precondition answer, which goes into the cache.
+    fn precondition(&self, bag: &Bag, pre: PreconditionResult) -> CheckOutcome {
         let outcome = match &pre.status {
             Some(s) if s.code != 0 => CheckOutcome::Deny {
                 code: s.code,
@@ -274,71 +430,81 @@ impl MixerClient {
             outcome.clone(),
             Instant::now(),
         );
-        if outcome != CheckOutcome::Allow {
-            return outcome;
-        }
-        for (name, amount) in &policy.quotas {
-            let Some(q) = resp.quotas.get(name) else {
-                return CheckOutcome::QuotaRefused {
-                    code: RESOURCE_EXHAUSTED,
-                    message: format!("Quota is exhausted for: {name}"),
-                };
-            };
-            if let Some(s) = q.status.as_ref().filter(|s| s.code != 0) {
-                return CheckOutcome::QuotaRefused {
-                    code: s.code,
-                    message: s.message.clone(),
-                };
-            }
-            if q.granted_amount < *amount {
-                return CheckOutcome::QuotaRefused {
-                    code: RESOURCE_EXHAUSTED,
-                    message: format!("Quota is exhausted for: {name}"),
-                };
-            }
-        }
-        CheckOutcome::Allow
+        outcome
     }
 
-    /// Queues a Report record; dropped (and counted) when the queue is full.
+    /// Buffers a Report record (sent with others, off the request path); dropped (and
+    /// counted) when [`REPORT_QUEUE`] records are already waiting.
     pub fn report(&self, bag: Bag) {
-        if self.reports.try_send(bag).is_err() {
+        let mut bags = self.reports.bags.lock();
+        if bags.len() >= REPORT_QUEUE {
+            drop(bags);
             self.metrics.mixer_reports_dropped.inc();
+            return;
+        }
+        bags.push(bag);
+        if bags.len().is_multiple_of(REPORT_BATCH) {
+            self.report_full.notify_one();
         }
     }
 }
 
+/// Report records waiting to be sent: filled on the request path, emptied by [`report_loop`].
+#[derive(Debug, Default)]
+struct ReportBuffer {
+    bags: Mutex<Vec<Bag>>,
+}
+
+/// Sends the buffered records: every full batch of [`REPORT_BATCH`] as soon as it is full, and
+/// everything buffered every [`REPORT_INTERVAL`]. Ends once the client is gone.
 async fn report_loop(
     mut grpc: GrpcMixer<Channel>,
-    mut rx: mpsc::Receiver<Bag>,
+    buffer: Weak<ReportBuffer>,
+    full: Arc<Notify>,
     metrics: ProxyMetrics,
 ) {
-    let mut batch = Vec::with_capacity(REPORT_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + REPORT_INTERVAL;
-        while batch.len() < REPORT_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(bag)) => batch.push(bag),
-                Ok(None) | Err(_) => break,
+    let mut tick = tokio::time::interval(REPORT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let everything = tokio::select! {
+            () = full.notified() => false,
+            _ = tick.tick() => true,
+        };
+        let Some(buffer) = buffer.upgrade() else {
+            return;
+        };
+        let batch: Vec<Bag> = {
+            let mut bags = buffer.bags.lock();
+            if everything {
+                std::mem::take(&mut *bags)
+            } else {
+                let n = bags.len() - bags.len() % REPORT_BATCH;
+                bags.drain(..n).collect()
             }
+        };
+        drop(buffer);
+        for chunk in batch.chunks(REPORT_BATCH) {
+            send_report(&mut grpc, chunk, &metrics).await;
         }
-        let mut req = compress_report(&batch);
-        req.global_word_count = dictionary::words().len() as u32;
-        let n = batch.len() as u64;
-        batch.clear();
-        match tokio::time::timeout(Duration::from_secs(5), grpc.report(req)).await {
-            Ok(Ok(_)) => {
-                metrics.mixer_reports_sent.inc_by(n);
-            }
-            Ok(Err(status)) => {
-                tracing::warn!(records = n, error = %status.message(), "mixer report failed; records dropped");
-                metrics.mixer_reports_dropped.inc_by(n);
-            }
-            Err(_) => {
-                tracing::warn!(records = n, "mixer report timed out; records dropped");
-                metrics.mixer_reports_dropped.inc_by(n);
-            }
+    }
+}
+
+/// One Report call of `records`, delta-encoded; failures drop (and count) the records.
+async fn send_report(grpc: &mut GrpcMixer<Channel>, records: &[Bag], metrics: &ProxyMetrics) {
+    let req = compress_report(records);
+    let n = records.len() as u64;
+    match tokio::time::timeout(Duration::from_secs(5), grpc.report(req)).await {
+        Ok(Ok(_)) => {
+            metrics.mixer_reports_sent.inc_by(n);
+        }
+        Ok(Err(status)) => {
+            tracing::warn!(records = n, error = %status.message(), "mixer report failed; records dropped");
+            metrics.mixer_reports_dropped.inc_by(n);
+        }
+        Err(_) => {
+            tracing::warn!(records = n, "mixer report timed out; records dropped");
+            metrics.mixer_reports_dropped.inc_by(n);
         }
     }
 }
@@ -378,12 +544,19 @@ mod tests {
                 .iter()
                 .map(|(name, p)| {
                     let mut budget = self.budget.lock();
-                    let granted = p.amount.min(*budget).max(0);
+                    let granted = if p.best_effort || p.amount <= *budget {
+                        p.amount.min(*budget).max(0)
+                    } else {
+                        0
+                    };
                     *budget -= granted;
                     (
                         name.clone(),
                         mesh_proto::istio::mixer::v1::check_response::QuotaResult {
-                            valid_duration: None,
+                            valid_duration: Some(prost_types::Duration {
+                                seconds: 60,
+                                nanos: 0,
+                            }),
                             granted_amount: granted,
                             status: None,
                             referenced_attributes: None,
@@ -473,6 +646,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_report_buffer_is_bounded_and_counts_what_it_drops() {
+        let fake = FakeMixer::default();
+        let metrics = ProxyMetrics::default();
+        let client = MixerClient::new(&serve(fake.clone()).await, metrics.clone()).unwrap();
+        // Nothing awaits in between: the sender cannot run, the buffer fills.
+        for _ in 0..REPORT_QUEUE + 7 {
+            client.report(Bag::new());
+        }
+        assert_eq!(metrics.mixer_reports_dropped.get(), 7);
+        let sent = metrics.mixer_reports_sent.clone();
+        poll("the buffered records sent", || {
+            sent.get() == REPORT_QUEUE as u64
+        })
+        .await;
+        assert!(fake.batches.lock().iter().all(|n| *n <= REPORT_BATCH));
+        assert_eq!(metrics.mixer_reports_dropped.get(), 7);
+    }
+
+    #[tokio::test]
     async fn unreachable_mixer_drops_and_counts_reports_and_fails_open() {
         // Nothing listens on port 1.
         let metrics = ProxyMetrics::default();
@@ -501,7 +693,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn quota_past_the_budget_is_refused_with_istios_429_and_never_cached() {
+    async fn quota_past_the_budget_is_refused_with_istios_429_without_a_round_trip() {
         let fake = FakeMixer::default();
         *fake.budget.lock() = 2;
         let metrics = ProxyMetrics::default();
@@ -516,6 +708,19 @@ mod tests {
             client.check_request(&bag, &policy).await,
             CheckOutcome::Allow
         );
+        // The precondition Check, the first quota call (exactly 1, not best effort), then one
+        // best-effort refill that was granted the 1 left.
+        let checks = *fake.checks.lock();
+        assert_eq!(checks, 3);
+        let sent = fake.requests.lock().clone();
+        assert!(sent[0].quotas.is_empty());
+        assert_eq!(sent[1].quotas["requestcountquota"].amount, 1);
+        assert!(!sent[1].quotas["requestcountquota"].best_effort);
+        assert!(!sent[1].deduplication_id.is_empty());
+        assert!(sent[2].quotas["requestcountquota"].best_effort);
+        assert!(sent[2].quotas["requestcountquota"].amount >= crate::mixer::MIN_PREFETCH);
+        assert_ne!(sent[1].deduplication_id, sent[2].deduplication_id);
+        // Past the budget: Istio's 429, answered without asking Mixer.
         let refused = client.check_request(&bag, &policy).await;
         assert_eq!(
             refused.rejection(),
@@ -524,20 +729,36 @@ mod tests {
                 "RESOURCE_EXHAUSTED:Quota is exhausted for: requestcountquota".to_string()
             ))
         );
-        // Every quota request went to Mixer, with the amount and best_effort false.
-        assert_eq!(*fake.checks.lock(), 3);
-        let sent = fake.requests.lock()[0].clone();
-        assert_eq!(sent.quotas["requestcountquota"].amount, 1);
-        assert!(!sent.quotas["requestcountquota"].best_effort);
-        assert!(!sent.deduplication_id.is_empty());
+        assert_eq!(*fake.checks.lock(), checks);
         assert_eq!(metrics.mixer_quota_refused.get(), 1);
-        // The cache was neither consulted nor counted for quota requests...
-        assert_eq!(client.cache_stats(), CacheStats { hits: 0, misses: 0 });
-        // ...but the precondition answer is cached for requests without quotas.
+        // Exactly the budget was admitted.
+        assert_eq!(*fake.budget.lock(), 0);
+        // The precondition came from the cache after the first Check.
         assert_eq!(client.check(&bag).await, CheckOutcome::Allow);
-        assert_eq!(*fake.checks.lock(), 3);
-        assert_eq!(metrics.mixer_check_cache_hits.get(), 1);
-        assert_eq!(metrics.mixer_check_cache_misses.get(), 0);
+        assert_eq!(*fake.checks.lock(), checks);
+        assert_eq!(metrics.mixer_check_cache_misses.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn quota_requests_within_the_budget_make_far_fewer_calls() {
+        let fake = FakeMixer::default();
+        *fake.budget.lock() = 10_000;
+        let client = MixerClient::new(&serve(fake.clone()).await, ProxyMetrics::default()).unwrap();
+        let bag = Bag::new().with("request.path", "/productpage");
+        let policy = quota_policy(FailPolicy::FailClose);
+        for i in 0..300 {
+            assert_eq!(
+                client.check_request(&bag, &policy).await,
+                CheckOutcome::Allow,
+                "request {i}"
+            );
+        }
+        let calls = *fake.checks.lock();
+        eprintln!("{calls} Mixer calls for 300 quota requests");
+        assert!(calls <= 30, "{calls} Mixer calls for 300 requests");
+        // Every request was charged against a unit Mixer granted.
+        let granted = 10_000 - *fake.budget.lock();
+        assert!(granted >= 300, "granted {granted}");
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ mod attributes;
 mod cache;
 mod client;
 mod config;
+mod quota;
 
 pub use attributes::{RequestAttributes, add_response};
 pub use cache::{CacheStats, CheckCache};
@@ -15,3 +16,4 @@ pub use config::{
     ConfigError, FailPolicy, MIXER_FILTER, MixerFilter, QuotaRule, RequestPolicy, ServiceConfig,
     StringMatch, default_policy,
 };
+pub use quota::{CLOSE_WAIT, MIN_PREFETCH, PREDICT_WINDOW};
