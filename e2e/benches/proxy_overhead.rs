@@ -21,6 +21,12 @@
 //! `MESH_BIN_DIR` (default: this build's own target directory); `HOLD` seconds: only start the
 //! three paths, print their addresses and the proxies' pids, keep them up that long (for
 //! `perf record -g -p PID` under `wrk`) and measure nothing.
+//!
+//! `ONLY=memory`: only the idle RSS part (needs no quiet machine, no nginx): one proxy per
+//! entry of `SERVICES` (`0` is the upstream's service alone), default worker threads unless
+//! `MEM_WORKERS` is set, RSS split into anonymous and file-backed pages; `MEM_HOLD` seconds
+//! keeps each proxy up after it is measured. `PROXY_WRAP` (e.g. `heaptrack -o /tmp/p`) runs
+//! the proxy under a tool.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -34,7 +40,7 @@ use std::time::{Duration, Instant};
 use support::load::{self, FixedRateResult, WrkResult};
 use support::mesh::{self, ProxyOptions, SERVICE_PORT, UPSTREAM_SERVICE};
 use support::nginx::{self, BODY_BYTES};
-use support::procs::{cpu_seconds_all, free_addrs, rss_kb};
+use support::procs::{cpu_seconds_all, free_addrs, rss_kb, rss_parts_kb, threads};
 use support::report::{git_commit, mb, ms, ms_diff, shell};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -130,6 +136,11 @@ async fn main() {
         bin_dir.display(),
         t.display()
     );
+
+    if std::env::var("ONLY").is_ok_and(|v| v == "memory") {
+        memory_only(&bin_dir, t, &services, &repo, &loadavg).await;
+        return;
+    }
 
     let [up_addr, ngx_addr] = free_addrs(2)[..] else {
         unreachable!()
@@ -349,6 +360,65 @@ async fn main() {
                 "- {name}: does not speak h2c on this listener (h2load: {why})"
             );
         }
+    }
+    println!("{r}");
+}
+
+/// `ONLY=memory`: idle RSS of one proxy per service count (the upstream address is never
+/// called, so no nginx is started).
+async fn memory_only(bin_dir: &Path, t: &Path, services: &[usize], repo: &Path, loadavg: &str) {
+    let up_addr = free_addrs(1)[0];
+    let workers: Option<usize> = std::env::var("MEM_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let hold: u64 = env_or("MEM_HOLD", 0);
+    let mut rows = Vec::new();
+    for n in services {
+        eprintln!("mesh-proxy with {n} services ...");
+        let m = mesh::start(
+            bin_dir,
+            &t.join(format!("mesh-{n}")),
+            &mesh::config_yaml(up_addr, *n),
+            n + 1,
+            &ProxyOptions {
+                worker_threads: workers,
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pid = m.proxy_pid();
+        let (anon, file) = rss_parts_kb(pid);
+        rows.push((*n, rss_kb(pid), anon, file, threads(pid)));
+        if hold > 0 {
+            eprintln!("MEM_HOLD {n} services: mesh-proxy pid {pid}, {hold} s");
+            tokio::time::sleep(Duration::from_secs(hold)).await;
+        }
+    }
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "## Proxy idle memory (e2e/benches/proxy_overhead.rs, ONLY=memory)\n"
+    );
+    let _ = writeln!(
+        r,
+        "commit `{}`, binaries `{}`, load average before: `{}`, worker threads: {}\n",
+        git_commit(repo),
+        bin_dir.display(),
+        loadavg.trim(),
+        workers.map_or("default".to_string(), |w| w.to_string()),
+    );
+    let _ = writeln!(
+        r,
+        "| services (+ upstream) | RSS MB | anonymous MB | file-backed MB | threads |\n|---|---|---|---|---|"
+    );
+    for (n, rss, anon, file, th) in rows {
+        let _ = writeln!(
+            r,
+            "| {n} | {} | {} | {} | {th} |",
+            mb(rss),
+            mb(anon),
+            mb(file)
+        );
     }
     println!("{r}");
 }

@@ -173,7 +173,17 @@ pub async fn start(
     quiet(&mut cmd);
     let mut pilot = Proc::spawn("pilot", cmd, &log(dir, "pilot"));
 
-    let mut cmd = Command::new(bin("mesh-proxy"));
+    // PROXY_WRAP="heaptrack -o /tmp/proxy": the proxy runs under that tool (whose pid is then
+    // the one measured).
+    let mut cmd = match std::env::var("PROXY_WRAP") {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut parts = w.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap_or_default());
+            c.args(parts).arg(bin("mesh-proxy"));
+            c
+        }
+        _ => Command::new(bin("mesh-proxy")),
+    };
     cmd.args([
         "--type",
         "sidecar",

@@ -145,6 +145,30 @@ pub fn rss_kb(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// `RssAnon` and `RssFile` of `pid` in kB: heap and stacks vs pages of the executable and
+/// libraries.
+pub fn rss_parts_kb(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("RssAnon:"), field("RssFile:"))
+}
+
+/// Threads of `pid`.
+pub fn threads(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs a command to completion and returns its stdout (panicking with stderr on failure).
 pub fn run_output(cmd: &mut Command) -> String {
     let out = cmd

@@ -63,25 +63,74 @@ async fn prometheus(State(s): State<AdminState>) -> impl IntoResponse {
     )
 }
 
+/// `/config_dump`, serialized straight from the snapshot into one buffer. (Through a
+/// `serde_json::Value` first, the tree of a 1,000-service config took some 11 MB of small
+/// allocations at once; freed, they stayed in the heap as resident memory of an idle proxy.)
+#[derive(serde::Serialize)]
+struct ConfigDump<'a> {
+    node: NodeDump<'a>,
+    identity: IdentityDump,
+    versions: &'a crate::xds::Versions,
+    listeners: &'a std::collections::BTreeMap<String, crate::xds::Listener>,
+    routes: &'a std::collections::BTreeMap<String, std::sync::Arc<crate::routing::RouteTable>>,
+    clusters: &'a std::collections::BTreeMap<String, std::sync::Arc<crate::cluster::Cluster>>,
+    endpoints: &'a std::collections::BTreeMap<String, std::sync::Arc<crate::cluster::Endpoints>>,
+    access_logs: &'a std::collections::BTreeMap<
+        String,
+        std::sync::Arc<crate::xds::access_log::ListenerLogs>,
+    >,
+}
+
+#[derive(serde::Serialize)]
+struct NodeDump<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    proxy_type: &'a crate::xds::ProxyType,
+    namespace: &'a str,
+    service_account: &'a str,
+    labels: &'a std::collections::BTreeMap<String, String>,
+}
+
+#[derive(serde::Serialize)]
+struct IdentityDump {
+    held: bool,
+    spiffe_id: Option<String>,
+}
+
 async fn config_dump(State(s): State<AdminState>) -> impl IntoResponse {
     let config = s.config.load();
-    let identity = s.identity.get().map(|i| i.spiffe_id());
-    axum::Json(serde_json::json!({
-        "node": {
-            "id": s.node.node_id(),
-            "type": s.node.proxy_type,
-            "namespace": s.node.namespace,
-            "service_account": s.node.service_account,
-            "labels": s.node.labels,
+    let spiffe_id = s.identity.get().map(|i| i.spiffe_id());
+    let dump = ConfigDump {
+        node: NodeDump {
+            id: s.node.node_id(),
+            proxy_type: &s.node.proxy_type,
+            namespace: &s.node.namespace,
+            service_account: &s.node.service_account,
+            labels: &s.node.labels,
         },
-        "identity": { "held": identity.is_some(), "spiffe_id": identity },
-        "versions": config.versions,
-        "listeners": config.listeners,
-        "routes": config.routes,
-        "clusters": config.clusters,
-        "endpoints": config.endpoints,
-        "access_logs": config.access_logs,
-    }))
+        identity: IdentityDump {
+            held: spiffe_id.is_some(),
+            spiffe_id,
+        },
+        versions: &config.versions,
+        listeners: &config.listeners,
+        routes: &config.routes,
+        clusters: &config.clusters,
+        endpoints: &config.endpoints,
+        access_logs: &config.access_logs,
+    };
+    match serde_json::to_vec(&dump) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("config_dump: {e}\n").into_bytes(),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -207,5 +256,11 @@ mod tests {
             "http_proxy"
         );
         assert_eq!(v["node"]["type"], "sidecar");
+        // Every section is there, with the shape the Value-built dump had.
+        assert_eq!(v["identity"]["held"], false);
+        assert!(v["identity"]["spiffe_id"].is_null());
+        for section in ["routes", "clusters", "endpoints", "access_logs"] {
+            assert!(v[section].is_object(), "{section}: {}", v[section]);
+        }
     }
 }
