@@ -216,6 +216,21 @@ fn rss_kib_of(pid: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) this process used so far: Pilot's, since the clients run in a child
+/// process (the bench's own event reading is a small part of it).
+fn cpu_secs() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // After the command: state is field 3, utime 14 and stime 15 (1-based, whole line).
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
 /// What a client reports after answering a response (a line on the client process's stdout:
 /// `client type_url count bytes moved at_ns`).
 #[derive(Debug)]
@@ -558,6 +573,7 @@ async fn bench(p: Params, mode: Mode) {
     let (clusters, vhosts) = expected(&p, mode);
     let snapshot = Arc::new(Snapshot::from_objects(mesh(p.services, false, mode)));
     pushes.borrow_and_update();
+    let cpu_start = cpu_secs();
     let start = Instant::now();
     snap_tx.send_replace(snapshot);
     let mut published = None;
@@ -585,6 +601,7 @@ async fn bench(p: Params, mode: Mode) {
         }
     }
     let full = start.elapsed();
+    let full_cpu = cpu_secs() - cpu_start;
     let per_client = seen.get(&0).map(|s| s.bytes).unwrap_or_default();
     let published = published.unwrap_or(start);
     let rss_after_full = rss_kib("VmRSS:");
@@ -596,6 +613,7 @@ async fn bench(p: Params, mode: Mode) {
         .filter(|i| sees_service_0(*i, &p, mode))
         .count();
     pushes.borrow_and_update();
+    let eds_cpu_start = cpu_secs();
     let change = now_ns();
     snap_tx.send_replace(moved_snapshot);
     let mut eds_at: HashMap<usize, u128> = HashMap::new();
@@ -625,6 +643,7 @@ async fn bench(p: Params, mode: Mode) {
             .to_string();
         *other_types.entry(short).or_default() += 1;
     }
+    let eds_cpu = cpu_secs() - eds_cpu_start;
     let pushed_at = pushed_at.unwrap_or(change);
     let since = |from: u128| {
         let mut v: Vec<Duration> = eds_at
@@ -676,6 +695,7 @@ async fn bench(p: Params, mode: Mode) {
         "| full push: push published → every client ACKed | {} |",
         ms(full.saturating_sub(published - start))
     );
+    println!("| full push: Pilot's CPU time (user + system, its process only) | {full_cpu:.2} s |");
     println!(
         "| endpoint change → EDS received by the {} clients that see it, p50 / p99 (from the change) | {} / {} |",
         needing,
@@ -688,6 +708,9 @@ async fn bench(p: Params, mode: Mode) {
         ms(percentile(&from_push, 0.99))
     );
     println!("| other responses seen during the endpoint change (by type) | {other_types:?} |");
+    println!(
+        "| endpoint change: Pilot's CPU time until all received (+ 300 ms quiet) | {eds_cpu:.2} s |"
+    );
     println!(
         "| Pilot RSS: connected (empty mesh) / after full push / peak (VmHWM) | {} / {} / {} |",
         mib(rss_connected),

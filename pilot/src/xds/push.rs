@@ -3,9 +3,11 @@
 //! - Debounce: a push starts once no change came for [`DEBOUNCE_QUIET`], or [`DEBOUNCE_MAX`]
 //!   after the first change it holds, whichever is first; a burst becomes one push.
 //! - The proxy-independent part (registry, CDS, EDS) is built once per push and shared.
-//! - LDS/RDS depend only on the proxy's [`ProxyKey`] (type, namespace, labels, service
-//!   account): they are computed once per key and push, and kept across a push that only
-//!   changed service instances ([`PushKind::Endpoints`]: Endpoints or Pods).
+//! - RDS and every listener but the inbound one depend only on the proxy's [`ProxyKey`] (type,
+//!   namespace, and the labels some selector can match): they are computed and encoded once per
+//!   key and push. A sidecar's inbound listener (its own pod, IP and labels) is built once per
+//!   proxy and push. Both are kept across a push that only changed service instances
+//!   ([`PushKind::Endpoints`]: Endpoints or Pods).
 //! - An endpoints-only push is incremental: only the services whose instances changed are
 //!   translated again; their clusters and load assignments replace the old ones in the shared
 //!   (already encoded) CDS/EDS, everything else is reused as is. Each such push records which
@@ -27,7 +29,8 @@ use crate::galley_client::Snapshot;
 use crate::metrics::PilotMetrics;
 use crate::model::Registry;
 use crate::translate::{
-    Options, ProxyInfo, Skipped, TypeResources, XdsType, translate_proxy, translate_shared,
+    EncodedResource, Options, ProxyInfo, Skipped, TypeResources, VIRTUAL_INBOUND, XdsType,
+    access_logs, add_access_logs, inbound_listener, translate_proxy, translate_shared,
     translate_shared_of,
 };
 use mesh_proto::envoy::envoy::config::cluster::v3::Cluster;
@@ -67,17 +70,86 @@ impl PushKind {
     }
 }
 
-/// What the per-proxy part of the translation depends on. Proxies with equal keys get the same
-/// LDS and RDS (the translation reads only these fields of [`ProxyInfo`]).
+/// What the per-proxy part of the translation other than the inbound listener depends on:
+/// the proxy's type, namespace and those of its labels some selector of the push can match
+/// (see [`LabelSelectors`]). Proxies with equal keys get the same outbound listeners and RDS.
+/// The inbound listener also reads the proxy's own pod, IP and every label (its services,
+/// policy selectors): it is built per proxy ([`InboundKey`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProxyKey(String);
 
 impl ProxyKey {
-    /// The key of `proxy`.
-    pub fn of(proxy: &ProxyInfo) -> ProxyKey {
+    /// The key of `proxy` in a push whose selectors are `selectors`.
+    pub fn of(proxy: &ProxyInfo, selectors: &LabelSelectors) -> ProxyKey {
+        let labels: Vec<(&String, &String)> = match proxy.proxy_type {
+            // Gateways: every label (gateway selectors, credentials).
+            crate::translate::ProxyType::Router => proxy.labels.iter().collect(),
+            crate::translate::ProxyType::Sidecar => proxy
+                .labels
+                .iter()
+                .filter(|(k, v)| selectors.0.contains(&(k.to_string(), v.to_string())))
+                .collect(),
+        };
         ProxyKey(format!(
-            "{:?}|{}|{:?}|{:?}",
-            proxy.proxy_type, proxy.namespace, proxy.labels, proxy.service_account
+            "{:?}|{}|{:?}",
+            proxy.proxy_type, proxy.namespace, labels
+        ))
+    }
+}
+
+/// The `(key, value)` label pairs that a sidecar's outbound translation can compare a proxy's
+/// labels with: every VirtualService match's `sourceLabels` (http, tcp, tls) and every
+/// Sidecar's `workloadSelector`. Each of these selectors matches when all of its pairs are
+/// among the proxy's labels, so it matches the proxy exactly when it matches the proxy's labels
+/// narrowed to these pairs: proxies differing only in other labels get the same output.
+#[derive(Debug, Default)]
+pub struct LabelSelectors(std::collections::HashSet<(String, String)>);
+
+impl LabelSelectors {
+    /// The selectors of `reg`.
+    pub fn of(reg: &Registry) -> LabelSelectors {
+        let mut pairs = std::collections::HashSet::new();
+        let add = |pairs: &mut std::collections::HashSet<(String, String)>,
+                   m: &std::collections::BTreeMap<String, String>| {
+            pairs.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+        };
+        for vs in &reg.virtual_services {
+            for m in vs.spec.http.iter().flat_map(|h| &h.matches) {
+                add(&mut pairs, &m.source_labels);
+            }
+            // tcp and tls rules are kept as JSON: `match[].sourceLabels`.
+            for rule in vs.spec.tcp.iter().chain(&vs.spec.tls) {
+                let matches = rule.get("match").and_then(|m| m.as_array());
+                for m in matches.into_iter().flatten() {
+                    if let Some(labels) = m.get("sourceLabels").and_then(|l| l.as_object()) {
+                        for (k, v) in labels {
+                            // A non-string value matches no label: keep it out, harmlessly.
+                            if let Some(v) = v.as_str() {
+                                pairs.insert((k.clone(), v.to_string()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for sc in &reg.sidecars {
+            if let Some(sel) = &sc.spec.workload_selector {
+                add(&mut pairs, &sel.labels);
+            }
+        }
+        LabelSelectors(pairs)
+    }
+}
+
+/// What a sidecar's inbound listener depends on: its namespace, pod, IP and labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct InboundKey(String);
+
+impl InboundKey {
+    fn of(proxy: &ProxyInfo) -> InboundKey {
+        InboundKey(format!(
+            "{:?}|{}|{}|{}|{:?}",
+            proxy.proxy_type, proxy.namespace, proxy.pod, proxy.ip, proxy.labels
         ))
     }
 }
@@ -85,7 +157,10 @@ impl ProxyKey {
 /// LDS and RDS of one [`ProxyKey`].
 #[derive(Debug)]
 struct ProxyOutput {
+    /// Every listener but the inbound one.
     listeners: Arc<TypeResources>,
+    /// Whether the proxy gets an inbound listener (built per proxy: [`InboundKey`]).
+    inbound: bool,
     routes: Arc<TypeResources>,
     skipped: Vec<Skipped>,
     /// Sidecar scoping of the shared CDS/EDS (`None`: the proxy gets them whole).
@@ -93,6 +168,9 @@ struct ProxyOutput {
 }
 
 type Memo = HashMap<ProxyKey, Arc<OnceLock<Arc<ProxyOutput>>>>;
+
+/// Each sidecar's whole LDS (its key's listeners and its own inbound listener).
+type InboundMemo = HashMap<InboundKey, Arc<TypeResources>>;
 
 /// A scoped proxy's CDS and EDS in one push.
 type ScopedShared = (Arc<TypeResources>, Arc<TypeResources>);
@@ -112,12 +190,33 @@ pub(super) struct ProxyResources {
     endpoints: Arc<TypeResources>,
     listeners: Arc<TypeResources>,
     routes: Arc<TypeResources>,
+    /// SDS: set per stream by `stream::Session` from the credential source (gateways only).
+    secrets: Arc<TypeResources>,
 }
 
 impl ProxyResources {
+    /// The same config with `secrets` as its SDS resources.
+    pub(super) fn set_secrets(&mut self, secrets: Arc<TypeResources>) {
+        self.secrets = secrets;
+    }
+
     /// The resources of `t`.
     pub(super) fn get(&self, t: XdsType) -> &TypeResources {
         self.shared(t)
+    }
+
+    /// The bytes of every resource (what a full push of it sends, about).
+    pub(super) fn encoded_len(&self) -> usize {
+        [
+            &self.clusters,
+            &self.endpoints,
+            &self.listeners,
+            &self.routes,
+        ]
+        .iter()
+        .flat_map(|t| &t.resources)
+        .map(|r| r.resource.value.len())
+        .sum()
     }
 
     /// The shared set of resources of `t` (for responses written from it).
@@ -127,6 +226,7 @@ impl ProxyResources {
             XdsType::Endpoint => &self.endpoints,
             XdsType::Listener => &self.listeners,
             XdsType::Route => &self.routes,
+            XdsType::Secret => &self.secrets,
         }
     }
 }
@@ -143,7 +243,11 @@ pub struct PushContext {
     options: Options,
     clusters: Arc<TypeResources>,
     endpoints: Arc<TypeResources>,
+    /// The label pairs [`ProxyKey`]s keep.
+    selectors: LabelSelectors,
     per_proxy: Mutex<Memo>,
+    /// Per-proxy LDS (with the inbound listener), by [`InboundKey`].
+    inbound: Mutex<InboundMemo>,
     /// Scoped CDS/EDS per key, narrowed once per push.
     scoped: Mutex<HashMap<ProxyKey, ScopedShared>>,
     history: Arc<EdsHistory>,
@@ -204,10 +308,14 @@ impl PushContext {
                 )
             }
         };
-        let per_proxy = match (kind, previous) {
-            (PushKind::Endpoints, Some(p)) => p.per_proxy.lock().clone(),
-            _ => Memo::new(),
+        // Endpoints-only pushes change no VirtualService or Sidecar: the keys stay valid.
+        let (per_proxy, inbound) = match (kind, previous) {
+            (PushKind::Endpoints, Some(p)) => {
+                (p.per_proxy.lock().clone(), p.inbound.lock().clone())
+            }
+            _ => (Memo::new(), InboundMemo::new()),
         };
+        let selectors = LabelSelectors::of(&registry);
         PushContext {
             epoch,
             kind,
@@ -217,7 +325,9 @@ impl PushContext {
             options: options.clone(),
             clusters,
             endpoints,
+            selectors,
             per_proxy: Mutex::new(per_proxy),
+            inbound: Mutex::new(inbound),
             scoped: Mutex::new(HashMap::new()),
             history: Arc::new(history),
         }
@@ -245,7 +355,7 @@ impl PushContext {
 
     /// `proxy`'s resources, and the VirtualServices left out of them (computed once per key).
     pub(super) fn resources(&self, proxy: &ProxyInfo) -> (ProxyResources, Vec<Skipped>) {
-        let key = ProxyKey::of(proxy);
+        let key = ProxyKey::of(proxy, &self.selectors);
         let cell = self
             .per_proxy
             .lock()
@@ -257,11 +367,16 @@ impl PushContext {
             for s in &skipped {
                 tracing::warn!(epoch = self.epoch, namespace = %proxy.namespace, virtual_service = %s.virtual_service, reason = %s.reason, "VirtualService skipped");
             }
+            let inbound = listeners.iter().any(|l| l.name == VIRTUAL_INBOUND);
             Arc::new(ProxyOutput {
                 listeners: Arc::new(TypeResources::encode(
                     type_url::LISTENER,
-                    listeners.into_iter().map(|l| (l.name.clone(), l)),
+                    listeners
+                        .into_iter()
+                        .filter(|l| l.name != VIRTUAL_INBOUND)
+                        .map(|l| (l.name.clone(), l)),
                 )),
+                inbound,
                 routes: Arc::new(TypeResources::encode(
                     type_url::ROUTE,
                     routes.into_iter().map(|r| (r.name.clone(), r)),
@@ -288,15 +403,41 @@ impl PushContext {
             }
             None => (self.clusters.clone(), self.endpoints.clone()),
         };
+        let listeners = if out.inbound {
+            self.with_inbound(&out.listeners, proxy)
+        } else {
+            out.listeners.clone()
+        };
         (
             ProxyResources {
                 clusters,
                 endpoints,
-                listeners: out.listeners.clone(),
+                listeners,
                 routes: out.routes.clone(),
+                secrets: Arc::default(),
             },
             out.skipped.clone(),
         )
+    }
+
+    /// `shared` (a key's listeners) with `proxy`'s own inbound listener, computed once per
+    /// [`InboundKey`] and push (kept, like the rest of LDS, by endpoints-only pushes).
+    fn with_inbound(&self, shared: &TypeResources, proxy: &ProxyInfo) -> Arc<TypeResources> {
+        let key = InboundKey::of(proxy);
+        if let Some(hit) = self.inbound.lock().get(&key) {
+            return hit.clone();
+        }
+        let mut inbound = vec![inbound_listener(&self.registry, proxy)];
+        add_access_logs(&mut inbound, &access_logs(&self.registry.mesh_config));
+        let inbound = TypeResources::encode(
+            type_url::LISTENER,
+            inbound.into_iter().map(|l| (l.name.clone(), l)),
+        );
+        let mut all: Vec<EncodedResource> = shared.resources.clone();
+        all.extend(inbound.resources);
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        let lds = Arc::new(TypeResources::from_encoded(all));
+        self.inbound.lock().entry(key).or_insert(lds).clone()
     }
 
     /// Number of distinct per-proxy outputs computed (for tests and logs).
@@ -766,6 +907,106 @@ mod tests {
         assert_ne!(p1.clusters.version, p2.clusters.version);
         let whole = PushContext::build(2, PushKind::Full, now, two, "cluster.local", &o, None);
         assert_eq!(*whole.clusters, *p2.clusters);
+    }
+
+    #[test]
+    fn proxies_differing_in_unselected_labels_share_routes_but_not_inbound() {
+        let vs = |labels: serde_json::Value| -> ConfigObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "networking.istio.io/v1alpha3", "kind": "VirtualService",
+                "metadata": {"name": "a", "namespace": "default"},
+                "spec": {"hosts": ["a"], "http": [
+                    {"match": [{"sourceLabels": labels}], "route": [{"destination": {"host": "b"}}]},
+                    {"route": [{"destination": {"host": "a"}}]}
+                ]}
+            }))
+            .unwrap()
+        };
+        let snap = Snapshot::from_objects([
+            service("a", 80),
+            service("b", 80),
+            vs(serde_json::json!({"app": "x"})),
+        ]);
+        let push = PushContext::build(
+            1,
+            PushKind::Full,
+            Instant::now(),
+            Arc::new(snap),
+            "cluster.local",
+            &options(),
+            None,
+        );
+        let mut x1 = proxy("default", "x");
+        x1.pod = "x-1".into();
+        let mut x2 = proxy("default", "x");
+        x2.pod = "x-2".into();
+        x2.ip = "10.0.0.2".into();
+        x2.labels.insert("pod-template-hash".into(), "abc".into());
+        let (a, _) = push.resources(&x1);
+        let (b, _) = push.resources(&x2);
+        assert!(Arc::ptr_eq(&a.routes, &b.routes), "one RDS for both");
+        assert_eq!(push.proxy_keys(), 1);
+        // Each its own inbound listener (its pod is the Mixer destination.uid).
+        let inbound = |r: &ProxyResources| {
+            r.listeners
+                .get(VIRTUAL_INBOUND)
+                .map(|l| l.resource.value.clone())
+                .unwrap()
+        };
+        let (ia, ib) = (inbound(&a), inbound(&b));
+        assert_ne!(ia, ib);
+        assert!(ia.windows(b"x-1".len()).any(|w| w == b"x-1"));
+        assert!(ib.windows(b"x-2".len()).any(|w| w == b"x-2"));
+        // The same as translating each proxy alone.
+        for (p, r) in [(&x1, &a), (&x2, &b)] {
+            let (lds, rds, _) = translate_proxy(&push.registry, p, &options());
+            let lds = TypeResources::encode(
+                type_url::LISTENER,
+                lds.into_iter().map(|l| (l.name.clone(), l)),
+            );
+            let rds = TypeResources::encode(
+                type_url::ROUTE,
+                rds.into_iter().map(|r| (r.name.clone(), r)),
+            );
+            assert_eq!(*r.listeners, lds);
+            assert_eq!(*r.routes, rds);
+        }
+        // A label a sourceLabels match reads tells proxies apart.
+        let (c, _) = push.resources(&proxy("default", "y"));
+        assert!(!Arc::ptr_eq(&a.routes, &c.routes));
+        assert_ne!(a.routes.version, c.routes.version);
+        assert_eq!(push.proxy_keys(), 2);
+    }
+
+    #[test]
+    fn label_selectors_cover_source_labels_and_sidecar_selectors() {
+        let objs: Vec<ConfigObject> = [
+            serde_json::json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "VirtualService",
+                "metadata": {"name": "t", "namespace": "default"},
+                "spec": {"hosts": ["a"],
+                    "http": [{"match": [{"sourceLabels": {"h": "1"}}], "route": [{"destination": {"host": "a"}}]}],
+                    "tcp": [{"match": [{"sourceLabels": {"t": "2"}}], "route": [{"destination": {"host": "a"}}]}],
+                    "tls": [{"match": [{"sniHosts": ["a"], "sourceLabels": {"s": "3"}}], "route": [{"destination": {"host": "a"}}]}]}}),
+            serde_json::json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "Sidecar",
+                "metadata": {"name": "sc", "namespace": "default"},
+                "spec": {"workloadSelector": {"labels": {"w": "4"}}, "egress": [{"hosts": ["./*"]}]}}),
+        ]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .chain([service("a", 80)])
+        .collect();
+        let reg = Registry::from_snapshot(&Snapshot::from_objects(objs), "cluster.local");
+        let sel = LabelSelectors::of(&reg);
+        for (k, v) in [("h", "1"), ("t", "2"), ("s", "3"), ("w", "4")] {
+            assert!(sel.0.contains(&(k.to_string(), v.to_string())), "{k}={v}");
+        }
+        assert_eq!(sel.0.len(), 4);
+        let mut p = proxy("default", "x");
+        let plain = ProxyKey::of(&p, &sel);
+        p.labels.insert("w".into(), "4".into());
+        assert_ne!(ProxyKey::of(&p, &sel), plain);
+        p.labels.insert("w".into(), "5".into());
+        assert_eq!(ProxyKey::of(&p, &sel), plain);
     }
 
     #[test]

@@ -68,10 +68,14 @@ impl Protocol for Sotw {
             }
         });
         let sub = self.subs.entry(t).or_default();
-        let names = if t.named() {
-            shared.names.intern(req.resource_names)
-        } else {
+        let names = if !t.named() {
             Names::default()
+        } else if !sub.names.is_empty() && req.resource_names.iter().eq(sub.names.iter()) {
+            // An ACK naming what the stream named already (an EDS ACK names every cluster):
+            // no sort, hash or lookup of thousands of names.
+            sub.names.clone()
+        } else {
+            shared.names.intern(req.resource_names)
         };
         let names_changed = sub.names != names;
         // Answering the latest nonce without error but with another version than the one sent
@@ -245,6 +249,8 @@ pub(super) struct Selection {
 
 /// Selections kept before the cache is emptied (each holds its names and resource set).
 const MAX_SELECTIONS: usize = 256;
+/// Sets of at most this many resources are not cached.
+const SMALL_SET: usize = 8;
 
 type SelectionKey = (Names, Arc<crate::translate::TypeResources>);
 
@@ -267,6 +273,11 @@ impl Selections {
         names: &Names,
         set: &Arc<crate::translate::TypeResources>,
     ) -> Arc<Selection> {
+        // A small set (a proxy's own LDS, with its inbound listener) is selected on the spot:
+        // caching thousands of one-stream sets would only push the shared ones out.
+        if set.resources.len() <= SMALL_SET {
+            return Arc::new(Self::compute(names, set));
+        }
         let found = self
             .cache
             .lock()
@@ -276,6 +287,16 @@ impl Selections {
         if let Some(sel) = found {
             return sel;
         }
+        let sel = Arc::new(Self::compute(names, set));
+        let mut cache = self.cache.lock();
+        if cache.len() >= MAX_SELECTIONS {
+            cache.clear();
+        }
+        cache.push(((names.clone(), set.clone()), sel.clone()));
+        sel
+    }
+
+    fn compute(names: &Names, set: &crate::translate::TypeResources) -> Selection {
         let picks: Arc<[u32]> = set
             .resources
             .iter()
@@ -291,16 +312,10 @@ impl Selections {
         } else {
             selection_version(picks.iter().filter_map(|i| set.resources.get(*i as usize)))
         };
-        let sel = Arc::new(Selection {
+        Selection {
             picks,
             version,
             covers_all,
-        });
-        let mut cache = self.cache.lock();
-        if cache.len() >= MAX_SELECTIONS {
-            cache.clear();
         }
-        cache.push(((names.clone(), set.clone()), sel.clone()));
-        sel
     }
 }
