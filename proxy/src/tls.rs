@@ -3,12 +3,14 @@
 //! servers outside the mesh (DestinationRule SIMPLE/MUTUAL) with their own certificates.
 
 pub mod origination;
+pub mod pem_file;
 
 use std::sync::{Arc, OnceLock};
 
 use rustls::{ClientConfig, ServerConfig};
 
 pub use origination::{Origination, OriginationError, OriginationSpec, SanKind, SanMatch};
+pub use pem_file::{MAX_PEM_FILE, read_pem_file};
 
 /// The client configuration towards a cluster with a transport socket: its own TLS
 /// origination (DestinationRule SIMPLE/MUTUAL), else the workload's mesh mTLS one expecting

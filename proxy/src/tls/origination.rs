@@ -112,7 +112,7 @@ pub fn system_roots() -> Arc<RootCertStore> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, OriginationError> {
-    std::fs::read(path).map_err(|e| OriginationError::File {
+    super::read_pem_file(path).map_err(|e| OriginationError::File {
         path: path.display().to_string(),
         reason: e.to_string(),
     })
