@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
+use crate::authz::MtlsMode;
 use crate::http::{HttpLimits, InboundServer, ProxyContext, serve_captured_http};
+use crate::xds::Config;
 
 use super::dispatch::{OutboundPolicy, PortKind, port_kind};
 use super::original_dst::SharedOriginalDst;
-use super::sniff::{Sniffed, sniff};
+use super::sniff::{Sniffed, peek_sniff, sniff};
 
 /// How long a captured connection to an undeclared port may stay silent before it is taken
 /// for a server-first protocol (TCP), like MeshConfig `protocolDetectionTimeout`: short, since
@@ -144,6 +147,11 @@ pub async fn serve_capture_outbound(
 /// Serves the inbound capture listener until `shutdown`: like the inbound listener, with the
 /// peer authentication mode of the original destination's port, and requests and streams
 /// sent to the application on that port (at `--app-addr`'s IP).
+///
+/// Unless the port is STRICT, the first bytes are peeked at first (as Envoy's inspectors do
+/// on `virtualInbound`): HTTP (and, PERMISSIVE, a TLS handshake: mTLS from a sidecar) goes to
+/// the inbound server; anything else, or a client silent for the sniff wait (a server-first
+/// protocol), is spliced to the application as plaintext TCP.
 pub async fn serve_capture_inbound(
     listener: TcpListener,
     ctx: Arc<ProxyContext>,
@@ -151,6 +159,8 @@ pub async fn serve_capture_inbound(
     shutdown: impl Future<Output = ()>,
 ) {
     let inbound = InboundServer::new(capture.limits);
+    // Connections whose sniffing chose the inbound server come back here to be served by it.
+    let (to_server, mut for_server) = mpsc::unbounded_channel::<InboundHandoff>();
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -161,16 +171,68 @@ pub async fn serve_capture_inbound(
                     continue;
                 }
             },
+            Some(c) = for_server.recv() => {
+                tokio::spawn(inbound.connection(ctx.clone(), c.stream, c.remote, c.original, c.app));
+                continue;
+            }
             _ = &mut shutdown => break,
         };
         let Some(original) = original_of(&ctx, &capture, &stream, "inbound") else {
             continue;
         };
-        ctx.metrics.captured("inbound", "declared", "inbound");
         let app = SocketAddr::new(ctx.app_addr.ip(), original.port());
-        tokio::spawn(inbound.connection(ctx.clone(), stream, remote, original, app));
+        let mode = inbound_mode(&ctx.config.load(), original.port());
+        if mode == MtlsMode::Strict {
+            ctx.metrics.captured("inbound", "declared", "inbound");
+            tokio::spawn(inbound.connection(ctx.clone(), stream, remote, original, app));
+            continue;
+        }
+        let ctx = ctx.clone();
+        let to_server = to_server.clone();
+        let wait = capture.sniff_wait;
+        tokio::spawn(async move {
+            let sniffed = peek_sniff(&stream, wait).await;
+            ctx.metrics
+                .captured("inbound", protocol_label(sniffed), "inbound");
+            if inbound_is_served(mode, sniffed) {
+                let _ = to_server.send(InboundHandoff {
+                    stream,
+                    remote,
+                    original,
+                    app,
+                });
+            } else {
+                crate::tcp::serve_inbound_plaintext(&ctx, remote, original, app, stream).await;
+            }
+        });
     }
     inbound.drain().await;
+}
+
+/// A sniffed inbound connection on its way to the inbound server.
+struct InboundHandoff {
+    stream: TcpStream,
+    remote: SocketAddr,
+    original: SocketAddr,
+    app: SocketAddr,
+}
+
+/// The peer authentication mode of inbound `port` (STRICT when Pilot sent no inbound policy,
+/// as the inbound listener does).
+fn inbound_mode(config: &Config, port: u16) -> MtlsMode {
+    config
+        .inbound_policy()
+        .map_or(MtlsMode::Strict, |p| p.modes.for_port(port))
+}
+
+/// Whether a captured inbound connection whose first bytes say `sniffed` goes to the inbound
+/// server (HTTP, or mTLS when the port accepts it), rather than to the application as TCP.
+pub(super) fn inbound_is_served(mode: MtlsMode, sniffed: Sniffed) -> bool {
+    match sniffed {
+        Sniffed::Http1 | Sniffed::Http2 => true,
+        Sniffed::Tls => mode != MtlsMode::Disable,
+        Sniffed::Tcp => mode == MtlsMode::Strict,
+    }
 }
 
 /// The original destination of a captured connection; `None` (counted) when there is none or

@@ -24,7 +24,7 @@ pub use listener::{
 };
 pub use original_dst::{OriginalDst, SharedOriginalDst, SockOptOriginalDst};
 pub use prefixed::Prefixed;
-pub use sniff::{H2_PREFACE, MAX_SNIFF, Sniff, Sniffed, classify, sniff};
+pub use sniff::{H2_PREFACE, MAX_SNIFF, Sniff, Sniffed, classify, peek_sniff, sniff};
 
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
 
 /// What the first bytes of a connection say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +127,37 @@ pub async fn sniff<S: AsyncRead + Unpin>(stream: &mut S, wait: Duration) -> Snif
     }
 }
 
+/// Like [`sniff`], without consuming anything: the first bytes are only peeked at, so the
+/// stream can be handed on untouched (the inbound path, whose mTLS and HTTP servers read the
+/// socket themselves). Undecided after `wait` (silence, or a partial token) means TCP.
+pub async fn peek_sniff(stream: &TcpStream, wait: Duration) -> Sniffed {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = [0u8; MAX_SNIFF];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) | Err(_) => return Sniffed::Tcp,
+        };
+        if n == 0 {
+            return Sniffed::Tcp;
+        }
+        if let Some(s) = classify(&buf[..n]) {
+            return s;
+        }
+        // A partial token: the bytes stay queued, so peek would answer at once; give the
+        // client a moment to send more (bounded by the wait).
+        if tokio::time::timeout_at(deadline, tokio::time::sleep(PEEK_AGAIN))
+            .await
+            .is_err()
+        {
+            return Sniffed::Tcp;
+        }
+    }
+}
+
+/// How long [`peek_sniff`] waits before looking again at a partial first token.
+const PEEK_AGAIN: Duration = Duration::from_millis(5);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +239,54 @@ mod tests {
         // A partial token and then silence: also TCP, and the bytes are kept.
         let (s, head) = sniff_bytes(&[b"PO"], Duration::from_millis(100)).await;
         assert_eq!((s, head.as_slice()), (Sniffed::Tcp, &b"PO"[..]));
+    }
+
+    /// A connected pair over loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// Peeking classifies like reading, leaves every byte to be read, and gives a silent
+    /// client (server-first protocol) or a token never completed up as TCP after the wait.
+    #[tokio::test]
+    async fn peek_sniff_classifies_without_consuming() {
+        let wait = Duration::from_millis(100);
+        for (bytes, want) in [
+            (&b"GET / HTTP/1.1\r\n"[..], Sniffed::Http1),
+            (H2_PREFACE, Sniffed::Http2),
+            (&b"\x16\x03\x01\x00\xa5\x01"[..], Sniffed::Tls),
+            (&b"\x00\x01binary"[..], Sniffed::Tcp),
+        ] {
+            let (mut client, mut server) = pair().await;
+            client.write_all(bytes).await.unwrap();
+            assert_eq!(peek_sniff(&server, Duration::from_secs(5)).await, want);
+            let mut back = vec![0u8; bytes.len()];
+            server.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, bytes, "nothing consumed");
+        }
+        // A token completed by a second segment.
+        let (mut client, server) = pair().await;
+        client.write_all(b"PO").await.unwrap();
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(b"ST /x HTTP/1.1\r\n").await.unwrap();
+            client
+        });
+        assert_eq!(
+            peek_sniff(&server, Duration::from_secs(5)).await,
+            Sniffed::Http1
+        );
+        drop(late.await.unwrap());
+
+        let started = Instant::now();
+        let (_silent, server) = pair().await;
+        assert_eq!(peek_sniff(&server, wait).await, Sniffed::Tcp);
+        let (mut partial, server) = pair().await;
+        partial.write_all(b"GE").await.unwrap();
+        assert_eq!(peek_sniff(&server, wait).await, Sniffed::Tcp);
+        assert!(started.elapsed() < Duration::from_secs(5), "peeking hung");
     }
 }

@@ -98,6 +98,7 @@ fn cluster(name: &str) -> Cluster {
         limits: Limits::default(),
         max_requests_per_connection: None,
         outlier: None,
+        service: None,
     }
 }
 
@@ -475,4 +476,148 @@ async fn inbound_capture_forwards_to_the_original_port() {
         ],
     )
     .await;
+}
+
+/// A config whose `virtualInbound` accepts mutual TLS and plaintext (PERMISSIVE), or plaintext
+/// only (DISABLE), as Pilot's filter chains say.
+fn inbound_config(transports: &[&str]) -> Config {
+    use mesh_proto::envoy::envoy::config::listener::v3::{
+        FilterChain, FilterChainMatch, Listener as EnvoyListener,
+    };
+    let l = EnvoyListener {
+        name: crate::authz::INBOUND_LISTENER.into(),
+        filter_chains: transports
+            .iter()
+            .map(|t| FilterChain {
+                filter_chain_match: Some(FilterChainMatch {
+                    transport_protocol: t.to_string(),
+                    ..FilterChainMatch::default()
+                }),
+                ..FilterChain::default()
+            })
+            .collect(),
+        ..EnvoyListener::default()
+    };
+    let mut c = Config::default();
+    c.listeners.insert(
+        crate::authz::INBOUND_LISTENER.into(),
+        Listener {
+            name: crate::authz::INBOUND_LISTENER.into(),
+            address: None,
+            route_config_name: None,
+            inbound: Some(Arc::new(crate::authz::InboundPolicy::decode(&l).unwrap())),
+            tcp: None,
+            mixer: None,
+        },
+    );
+    c
+}
+
+/// An inbound capture listener for `config`; its address, its table, its metrics.
+async fn inbound_capture(config: Config) -> Capture {
+    let ca = Ca::new();
+    let metrics = mesh_runtime::Metrics::default();
+    let ctx = testkit::context(
+        config,
+        ca.identity("echo"),
+        testkit::node("echo-v1", "echo", "echo"),
+        "127.0.0.1:9".parse().unwrap(),
+        &metrics,
+    );
+    let table = Arc::new(Table::default());
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(serve_capture_inbound(
+        l,
+        ctx,
+        CaptureConfig {
+            original_dst: table.clone(),
+            policy: OutboundPolicy::AllowAny,
+            sniff_wait: Duration::from_millis(100),
+            limits: HttpLimits::default(),
+        },
+        std::future::pending(),
+    ));
+    Capture {
+        addr,
+        table,
+        metrics,
+    }
+}
+
+/// Inbound capture of plaintext that is not HTTP (PERMISSIVE): a client-first binary protocol
+/// and a server-first one (the client waits for the greeting) reach the application as TCP,
+/// and plaintext HTTP still goes through the inbound HTTP server. Before, every plaintext
+/// connection was parsed as HTTP: the binary one got `400 Bad Request`, the silent one hung.
+#[tokio::test]
+async fn inbound_capture_splices_plaintext_tcp_to_the_application() {
+    let echo = tcp_server(b"").await;
+    let greeter = tcp_server(b"220 ready\r\n").await;
+    let web = http_upstream("app").await;
+    let cap = inbound_capture(inbound_config(&["tls", "raw_buffer"])).await;
+
+    let mut s = connect_as(&cap.table, cap.addr, fake(7, echo.port())).await;
+    s.write_all(b"\x00\x01binary").await.unwrap();
+    assert_eq!(read_n(&mut s, 8).await, b"\x00\x01binary");
+
+    let mut s = connect_as(&cap.table, cap.addr, fake(7, greeter.port())).await;
+    assert_eq!(read_n(&mut s, 11).await, b"220 ready\r\n");
+
+    let s = connect_as(&cap.table, cap.addr, fake(7, web.port())).await;
+    let (status, body) = get(s, "echo.default.svc.cluster.local").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("app "), "{body}");
+
+    wait_for_line(
+        &cap.metrics,
+        &[
+            "proxy_capture_connections_total",
+            "direction=\"inbound\"",
+            "protocol=\"tcp\"",
+            "target=\"inbound\"",
+            "} 2",
+        ],
+    )
+    .await;
+    wait_for_line(
+        &cap.metrics,
+        &[
+            "istio_tcp_connections_opened_total",
+            "reporter=\"destination\"",
+            "connection_security_policy=\"none\"",
+        ],
+    )
+    .await;
+}
+
+/// STRICT ports take no plaintext at all, TCP or not; DISABLE ports take a TLS handshake for
+/// the application's own TLS (spliced), PERMISSIVE ones for mutual TLS (the inbound server).
+#[tokio::test]
+async fn inbound_capture_modes_decide_what_plaintext_gets() {
+    let echo = tcp_server(b"").await;
+    let strict = inbound_capture(Config::default()).await;
+    let mut s = connect_as(&strict.table, strict.addr, fake(7, echo.port())).await;
+    s.write_all(b"\x00\x01binary").await.unwrap();
+    // The TLS server may answer a fatal alert; it never reaches the application.
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(ended.is_ok(), "STRICT: plaintext connection not closed");
+    assert!(
+        !got.windows(6).any(|w| w == b"binary"),
+        "STRICT: plaintext reached the application: {got:?}"
+    );
+
+    let disable = inbound_capture(inbound_config(&["raw_buffer"])).await;
+    let mut s = connect_as(&disable.table, disable.addr, fake(7, echo.port())).await;
+    let hello = b"\x16\x03\x01\x00\x05hello";
+    s.write_all(hello).await.unwrap();
+    assert_eq!(read_n(&mut s, hello.len()).await, hello);
+
+    use super::listener::inbound_is_served;
+    use crate::authz::MtlsMode::{Disable, Permissive, Strict};
+    assert!(inbound_is_served(Permissive, Sniffed::Tls));
+    assert!(!inbound_is_served(Disable, Sniffed::Tls));
+    assert!(inbound_is_served(Disable, Sniffed::Http1));
+    assert!(!inbound_is_served(Permissive, Sniffed::Tcp));
+    assert!(inbound_is_served(Strict, Sniffed::Tcp));
 }

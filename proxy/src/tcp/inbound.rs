@@ -1,5 +1,6 @@
-//! The destination side of a TCP hop: an mTLS connection that negotiated `istio-tcp` is
-//! authorized (RBAC with the connection's facts only) and spliced to the application.
+//! The destination side of a TCP hop: an mTLS connection that negotiated `istio-tcp` (or a
+//! plaintext one the inbound capture took for TCP) is authorized (RBAC with the connection's
+//! facts only) and spliced to the application.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,6 +39,33 @@ pub async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin + Send>(
     sni: Option<&str>,
     stream: S,
 ) {
+    splice_inbound(ctx, peer, remote, local, app, sni, true, stream).await
+}
+
+/// Splices a plaintext `stream` (no peer identity; PERMISSIVE or DISABLE, e.g. a captured
+/// connection that is not HTTP) with a new connection to the application, counting Istio's
+/// TCP metrics as the destination reporter with `connection_security_policy="none"`.
+pub async fn serve_inbound_plaintext<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    ctx: &ProxyContext,
+    remote: SocketAddr,
+    local: SocketAddr,
+    app: SocketAddr,
+    stream: S,
+) {
+    splice_inbound(ctx, "", remote, local, app, None, false, stream).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn splice_inbound<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    ctx: &ProxyContext,
+    peer: &str,
+    remote: SocketAddr,
+    local: SocketAddr,
+    app: SocketAddr,
+    sni: Option<&str>,
+    mtls: bool,
+    stream: S,
+) {
     let service = match sni.and_then(service_of_sni) {
         Some(fqdn) => Service::from_fqdn(fqdn),
         None => Service::from_fqdn(""),
@@ -59,7 +87,7 @@ pub async fn serve_inbound<S: AsyncRead + AsyncWrite + Unpin + Send>(
             Outcome {
                 response_code: 0,
                 response_flags,
-                mtls: true,
+                mtls,
             },
         )
         .into()
