@@ -113,6 +113,22 @@ pub struct Args {
     #[arg(long, env = "PILOT_CITADEL_TOKEN_FILE")]
     pub citadel_token_file: Option<PathBuf>,
 
+    /// Directory of gateway TLS credentials served as SDS secrets to gateway proxies:
+    /// `<dir>/<namespace>/<credentialName>/{tls.crt,tls.key,ca.crt}` (a Gateway server's
+    /// `credentialName` is looked up in the gateway workload's namespace). Polled for changes;
+    /// no secrets are served when unset.
+    #[arg(long, env = "PILOT_CREDENTIAL_DIR")]
+    pub credential_dir: Option<PathBuf>,
+
+    /// How often --credential-dir is read for changes, in milliseconds.
+    #[arg(long, env = "PILOT_CREDENTIAL_POLL_MS", default_value_t = 500)]
+    pub credential_poll_ms: u64,
+
+    /// Also serve gateway secrets on plaintext xDS streams (--xds-addr), where the node's
+    /// namespace is not verified; by default only xDS over mTLS (--xds-tls-addr) gets them.
+    #[arg(long, env = "PILOT_CREDENTIAL_PLAINTEXT")]
+    pub credential_plaintext: bool,
+
     #[command(flatten)]
     pub log: LogArgs,
 }

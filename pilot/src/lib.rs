@@ -22,6 +22,7 @@ pub mod inject;
 pub mod metrics;
 pub mod model;
 mod run;
+pub mod sds;
 pub mod translate;
 pub mod xds;
 

@@ -98,13 +98,22 @@ pub async fn run(
     );
     let galley_task = tokio::spawn(galley.run(stopped.clone()));
 
-    let ads = AdsServer::new(
+    let mut ads = AdsServer::new(
         registry.clone(),
         options.clone(),
         pilot_metrics,
         status.clone(),
         stop_rx.clone(),
     );
+    if let Some(dir) = &args.credential_dir {
+        ads = ads.with_credentials(crate::sds::watch_dir(
+            dir.clone(),
+            std::time::Duration::from_millis(args.credential_poll_ms.max(10)),
+            args.credential_plaintext,
+            crate::sds::SdsMetrics::register(&metrics),
+            stop_rx.clone(),
+        ));
+    }
     let stop_rx_tls = stop_rx;
     let xds_tls = match xds_tls_listener {
         Some(listener) => {

@@ -159,6 +159,7 @@ async fn proxy(limits: HttpLimits, cluster_limits: Limits) -> Proxy {
             limits: cluster_limits,
             max_requests_per_connection: None,
             outlier: None,
+            service: None,
         }),
     );
     let metrics = mesh_runtime::Metrics::default();

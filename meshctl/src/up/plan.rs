@@ -84,10 +84,18 @@ impl Dirs {
         self.state.join("meshconfig.yaml")
     }
     /// The token file of a service account.
-    /// Where the ingress reads a Gateway server's `credentialName`:
+    /// The ingress' file fallback for a Gateway server's `credentialName` (used only while
+    /// Pilot sends no secret of that name):
     /// `STATE/gateway-credentials/<name>/{tls.crt,tls.key,ca.crt}`.
     pub fn gateway_credentials(&self) -> PathBuf {
         self.state.join("gateway-credentials")
+    }
+    /// Pilot's `--credential-dir`, served to the ingress over SDS (and watched, so a rotated
+    /// certificate is served without a restart):
+    /// `STATE/credentials/<namespace>/<name>/{tls.crt,tls.key,ca.crt}`; the demo ingress runs
+    /// in `istio-system`.
+    pub fn credentials(&self) -> PathBuf {
+        self.state.join("credentials")
     }
     pub fn token_file(&self, namespace: &str, sa: &str) -> PathBuf {
         self.tokens().join(format!("{namespace}.{sa}.jwt"))
@@ -283,6 +291,8 @@ impl Layout {
                     s(self.pilot_debug),
                     "--monitoring-addr".into(),
                     s(self.pilot_monitoring),
+                    "--credential-dir".into(),
+                    p(&d.credentials()),
                 ],
                 ready_url: format!("{}/readyz", url(self.pilot_monitoring)),
             },
@@ -682,6 +692,8 @@ mod tests {
             flag(&cp[1], "--citadel-token-file"),
             ["/s/tokens/istio-system.istio-pilot-service-account.jwt"]
         );
+        // Gateway credentials reach the ingress over SDS from pilot.
+        assert_eq!(flag(&cp[1], "--credential-dir"), ["/s/credentials"]);
         let line = l.ready_line();
         assert!(line.starts_with(&format!(
             "mesh ready: ingress=http://{} galley=http://{}",

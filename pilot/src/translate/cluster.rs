@@ -27,6 +27,10 @@ use crate::model::{Registry, Service};
 #[path = "upstream_tls.rs"]
 mod upstream_tls;
 
+#[path = "cluster_metadata.rs"]
+mod cluster_metadata;
+use cluster_metadata::service_metadata;
+
 /// Connect timeout when the DestinationRule sets none.
 pub const CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(10);
 
@@ -164,6 +168,7 @@ fn build(
                 value: u32::try_from(n).unwrap_or(u32::MAX),
             }),
         outlier_detection: pick("outlierDetection").and_then(outlier_detection),
+        metadata: Some(service_metadata(svc)),
         ..Cluster::default()
     }
 }

@@ -90,7 +90,7 @@ pub fn terminates_https(server: &Server) -> bool {
 }
 
 /// A server host without its `namespace/` part.
-fn bare_host(h: &str) -> &str {
+pub(super) fn bare_host(h: &str) -> &str {
     h.split_once('/').map_or(h, |(_, host)| host)
 }
 
@@ -334,7 +334,7 @@ pub fn apply_chains(listener: &mut Listener, chains: Vec<GatewayChain>) {
 
 /// Whether a server host pattern (`*`, `*.example.com`, `example.com`) covers `host` (a
 /// VirtualService host, itself maybe a wildcard).
-fn covers(pattern: &str, host: &str) -> bool {
+pub(super) fn covers(pattern: &str, host: &str) -> bool {
     let pattern = bare_host(pattern);
     pattern == "*"
         || pattern.eq_ignore_ascii_case(host)

@@ -15,6 +15,7 @@ mod cluster;
 mod duration;
 mod endpoint;
 mod gateway_tls;
+mod gateway_tls_tcp;
 mod http_route;
 mod inbound;
 mod jwt;
@@ -106,9 +107,18 @@ impl EncodedConfig {
             XdsType::Endpoint => &self.endpoints,
             XdsType::Listener => &self.listeners,
             XdsType::Route => &self.routes,
+            // Secrets are not part of the translation: the ADS server adds them per gateway
+            // proxy from the credential source (`crate::sds`).
+            XdsType::Secret => &NO_RESOURCES,
         }
     }
 }
+
+/// An empty resource set.
+static NO_RESOURCES: TypeResources = TypeResources {
+    version: String::new(),
+    resources: Vec::new(),
+};
 
 impl ProxyConfig {
     /// Packs every resource and computes each type's version.
@@ -219,10 +229,14 @@ pub fn translate_proxy(
                 .collect();
             // TLS passthrough ports get a tcp_proxy listener (by SNI) instead of HTTP.
             let passthrough = tcp::gateway_passthrough_listeners(reg, &gateways, &mut skipped);
+            // TLS SIMPLE/MUTUAL servers: TLS-terminating tcp_proxy chains, added below.
+            let terminated = gateway_tls_tcp::terminated_tcp_chains(reg, &gateways, &mut skipped);
             let tls_names: Vec<String> = passthrough.iter().map(|l| l.name.clone()).collect();
             let http_port = |r: &RouteConfiguration| {
                 let port = r.name.strip_prefix("http.")?.parse::<u32>().ok()?;
-                (!tls_names.contains(&gateway_listener(port))).then_some(port)
+                (!tls_names.contains(&gateway_listener(port))
+                    && !gateway_tls_tcp::tls_only_port(&gateways, port))
+                .then_some(port)
             };
             let routes: Vec<_> = route_table::gateway_routes(reg, proxy, &gateways, &mut skipped)
                 .into_iter()
@@ -240,6 +254,7 @@ pub fn translate_proxy(
                 })
                 .chain(passthrough)
                 .collect();
+            gateway_tls_tcp::merge_chains(&mut listeners, terminated);
             listeners.sort_by(|a, b| a.name.cmp(&b.name));
             (listeners, routes)
         }

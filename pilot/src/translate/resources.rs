@@ -4,22 +4,25 @@ use mesh_proto::envoy::google::protobuf::{Any, Duration};
 use mesh_proto::type_url;
 use prost::Message;
 
-/// The four xDS types Pilot serves, in push order (CDS before EDS, LDS before RDS).
+/// The xDS types Pilot serves, in push order (CDS before EDS, LDS before RDS, SDS last as
+/// Istio orders it). Secrets (SDS) go only to gateway proxies (see `crate::sds`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum XdsType {
     Cluster,
     Endpoint,
     Listener,
     Route,
+    Secret,
 }
 
 impl XdsType {
     /// Push order.
-    pub const ALL: [XdsType; 4] = [
+    pub const ALL: [XdsType; 5] = [
         XdsType::Cluster,
         XdsType::Endpoint,
         XdsType::Listener,
         XdsType::Route,
+        XdsType::Secret,
     ];
 
     /// The v3 type URL.
@@ -29,6 +32,7 @@ impl XdsType {
             XdsType::Endpoint => type_url::ENDPOINT,
             XdsType::Listener => type_url::LISTENER,
             XdsType::Route => type_url::ROUTE,
+            XdsType::Secret => type_url::SECRET,
         }
     }
 
@@ -37,19 +41,20 @@ impl XdsType {
         XdsType::ALL.into_iter().find(|t| t.type_url() == url)
     }
 
-    /// Short name for logs and metrics: `cds`, `eds`, `lds`, `rds`.
+    /// Short name for logs and metrics: `cds`, `eds`, `lds`, `rds`, `sds`.
     pub fn short(self) -> &'static str {
         match self {
             XdsType::Cluster => "cds",
             XdsType::Endpoint => "eds",
             XdsType::Listener => "lds",
             XdsType::Route => "rds",
+            XdsType::Secret => "sds",
         }
     }
 
-    /// Whether clients subscribe to this type by resource name (RDS, EDS).
+    /// Whether clients subscribe to this type by resource name (RDS, EDS, SDS).
     pub fn named(self) -> bool {
-        matches!(self, XdsType::Endpoint | XdsType::Route)
+        matches!(self, XdsType::Endpoint | XdsType::Route | XdsType::Secret)
     }
 }
 

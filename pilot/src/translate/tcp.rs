@@ -254,7 +254,10 @@ pub fn gateway_passthrough_listeners(
 }
 
 /// A filter chain holding a `tcp_proxy` to `clusters`, matched on `server_names` when given.
-fn tcp_chain(server_names: Option<Vec<String>>, clusters: Vec<(String, u32)>) -> FilterChain {
+pub(super) fn tcp_chain(
+    server_names: Option<Vec<String>>,
+    clusters: Vec<(String, u32)>,
+) -> FilterChain {
     let stat_prefix = clusters.first().map(|(c, _)| c.clone()).unwrap_or_default();
     let specifier = if clusters.len() == 1 {
         tcp_proxy::ClusterSpecifier::Cluster(stat_prefix.clone())

@@ -41,6 +41,8 @@ pub(super) struct Shared {
     pub(super) names: super::names::NameInterner,
     /// SotW selections shared by the streams naming the same resources.
     pub(super) selections: super::sotw::Selections,
+    /// Gateway credentials served as SDS secrets (none: no secrets are served).
+    pub(super) credentials: std::sync::OnceLock<crate::sds::CredentialSource>,
     next_stream: AtomicU64,
 }
 
@@ -111,9 +113,19 @@ impl AdsServer {
                 shutdown,
                 names: super::names::NameInterner::default(),
                 selections: super::sotw::Selections::default(),
+                credentials: std::sync::OnceLock::new(),
                 next_stream: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Serves gateway secrets (SDS) from `source` on the streams opened from now on (set it
+    /// before serving; a second source is ignored, with a warning). See `crate::sds`.
+    pub fn with_credentials(self, source: crate::sds::CredentialSource) -> AdsServer {
+        if self.shared.credentials.set(source).is_err() {
+            tracing::warn!("ads server already has a credential source; the new one is ignored");
+        }
+        self
     }
 
     /// The pushes as they are published (the current one first).

@@ -198,7 +198,14 @@ async fn subscribe_ack_push_and_nack() {
     c.ack(&eds, &[&default_cluster]).await;
 
     // An unsupported type is ignored without ending the stream.
-    c.send(type_url::SECRET, &["default"], "", "", None).await;
+    c.send(
+        "type.googleapis.com/envoy.service.runtime.v3.Runtime",
+        &["default"],
+        "",
+        "",
+        None,
+    )
+    .await;
 
     c.send(type_url::LISTENER, &[], "", "", None).await;
     let lds = c.recv().await;

@@ -21,6 +21,11 @@ pub struct Cluster {
     pub max_requests_per_connection: Option<u32>,
     /// `outlier_detection`, when set.
     pub outlier: Option<OutlierDetection>,
+    /// The service of Pilot's `metadata.filter_metadata["istio"].services[0]` (host, name,
+    /// namespace), resolved once per CDS update for the telemetry labels; `None`: derived
+    /// from the cluster name.
+    #[serde(skip)]
+    pub service: Option<crate::http::Service>,
 }
 
 /// Envoy `lb_policy` values the proxy implements.

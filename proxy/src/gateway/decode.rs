@@ -16,6 +16,8 @@ use parking_lot::RwLock;
 use prost::Message;
 use serde::Serialize;
 
+use super::secret::SecretPart;
+
 /// Where `credentialName` secrets live unless `--gateway-credential-dir` says otherwise.
 pub const DEFAULT_CREDENTIAL_DIR: &str = "/etc/istio/gateway-credentials";
 /// Istio's SDS name of a credential's CA: `<credentialName>-cacert`.
@@ -36,13 +38,41 @@ pub fn credential_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CREDENTIAL_DIR))
 }
 
-/// PEM data: a file (re-read when it changes) or inline bytes.
+/// PEM data: a file (re-read when it changes), inline bytes, or a part of an SDS secret.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PemSource {
     File(PathBuf),
     #[serde(serialize_with = "inline_len")]
     Inline(Vec<u8>),
+    /// Part `part` of SDS secret `name`: Pilot's secret when it sent one (it wins), else the
+    /// file `fallback` under `--gateway-credential-dir`; neither yet: the chain waits.
+    Secret {
+        name: String,
+        part: SecretPart,
+        fallback: PathBuf,
+    },
+}
+
+impl GatewayTlsSpec {
+    /// The SDS secret names the chains read.
+    pub fn secret_names(&self) -> std::collections::BTreeSet<String> {
+        self.chains
+            .iter()
+            .flat_map(|c| {
+                [
+                    Some(&c.cert_chain),
+                    Some(&c.private_key),
+                    c.client_ca.as_ref(),
+                ]
+            })
+            .flatten()
+            .filter_map(|s| match s {
+                PemSource::Secret { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 fn inline_len<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -68,6 +98,10 @@ pub struct ChainSpec {
     pub alpn: Vec<String>,
     pub tls12: bool,
     pub tls13: bool,
+    /// A `protocol: TLS` server's chain: its `tcp_proxy` (the decrypted bytes go to a cluster
+    /// of it); `None`: an HTTPS chain (HTTP is served on the decrypted stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<std::sync::Arc<crate::tcp::TcpChain>>,
 }
 
 /// The TLS side of a gateway listener: one [`ChainSpec`] per filter chain with a
@@ -118,9 +152,46 @@ pub fn listener_tls_in(
             .as_ref()
             .map(|m| m.server_names.clone())
             .unwrap_or_default();
-        chains.push(chain_spec(&field, &ctx, server_names, dir)?);
+        let tcp = chain_tcp(ci, chain, &server_names)?;
+        let mut spec = chain_spec(&field, &ctx, server_names, dir)?;
+        if let Some(tcp) = tcp {
+            // Opaque bytes: only the protocols Pilot named (none by default).
+            spec.alpn = ctx
+                .common_tls_context
+                .as_ref()
+                .map(|c| c.alpn_protocols.clone())
+                .unwrap_or_default();
+            spec.tcp = Some(std::sync::Arc::new(tcp));
+        }
+        chains.push(spec);
     }
     Ok((!chains.is_empty()).then_some(GatewayTlsSpec { chains }))
+}
+
+/// The `tcp_proxy` of a TLS-terminating chain (`None`: the chain serves HTTP).
+fn chain_tcp(
+    ci: usize,
+    chain: &mesh_proto::envoy::envoy::config::listener::v3::FilterChain,
+    server_names: &[String],
+) -> Result<Option<crate::tcp::TcpChain>, FieldError> {
+    use mesh_proto::envoy::envoy::config::listener::v3::filter;
+    for (fi, f) in chain.filters.iter().enumerate() {
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            continue;
+        };
+        let decoded = crate::tcp::decode_tcp_proxy(any).map_err(|(field, reason)| {
+            err(format!("filter_chains[{ci}].filters[{fi}].{field}"), reason)
+        })?;
+        if let Some(t) = decoded
+            && let Some(c) = t.chains.into_iter().next()
+        {
+            return Ok(Some(crate::tcp::TcpChain {
+                server_names: server_names.to_vec(),
+                clusters: c.clusters,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 fn pem_source(field: &str, d: &Option<DataSource>) -> Result<PemSource, FieldError> {
@@ -197,11 +268,14 @@ fn chain_spec(
         ),
         ([], [s, ..]) => {
             let f = format!("{field}.tls_certificate_sds_secret_configs[0]");
-            let d = secret_dir(&f, dir, &sds_name(&f, s)?)?;
-            (
-                PemSource::File(d.join("tls.crt")),
-                PemSource::File(d.join("tls.key")),
-            )
+            let name = sds_name(&f, s)?;
+            let d = secret_dir(&f, dir, &name)?;
+            let part = |part: SecretPart| PemSource::Secret {
+                name: name.clone(),
+                part,
+                fallback: d.join(part.file_name()),
+            };
+            (part(SecretPart::CertChain), part(SecretPart::PrivateKey))
         }
         ([], []) => return Err(err(&field, "no certificate (tls_certificates or SDS)")),
     };
@@ -308,15 +382,19 @@ fn chain_spec(
         alpn,
         tls12: min_rank <= 12,
         tls13: max_rank >= 13,
+        tcp: None,
     })
 }
 
-/// A validation SDS name: `<credential>-cacert` → `<dir>/<credential>/ca.crt`; any other name
-/// → `<dir>/<name>/ca.crt`.
+/// A validation SDS name: the secret `name` itself, falling back to
+/// `<dir>/<credential>/ca.crt` for `<credential>-cacert` (`<dir>/<name>/ca.crt` for any other).
 fn sds_ca(field: &str, dir: &Path, s: &SdsSecretConfig) -> Result<PemSource, FieldError> {
     let name = sds_name(field, s)?;
     let base = name.strip_suffix(CACERT_SUFFIX).unwrap_or(&name);
-    Ok(PemSource::File(
-        secret_dir(field, dir, base)?.join("ca.crt"),
-    ))
+    let fallback = secret_dir(field, dir, base)?.join(SecretPart::TrustedCa.file_name());
+    Ok(PemSource::Secret {
+        name,
+        part: SecretPart::TrustedCa,
+        fallback,
+    })
 }

@@ -138,15 +138,31 @@ fn pilot_https_simple_and_mutual_servers_decode_to_chains() {
     let b = &spec.chains[1];
     assert_eq!(
         b.cert_chain,
-        PemSource::File("/creds/cred-b/tls.crt".into())
+        PemSource::Secret {
+            name: "cred-b".into(),
+            part: SecretPart::CertChain,
+            fallback: "/creds/cred-b/tls.crt".into()
+        }
     );
     assert_eq!(
         b.private_key,
-        PemSource::File("/creds/cred-b/tls.key".into())
+        PemSource::Secret {
+            name: "cred-b".into(),
+            part: SecretPart::PrivateKey,
+            fallback: "/creds/cred-b/tls.key".into()
+        }
     );
     assert_eq!(
         b.client_ca,
-        Some(PemSource::File("/creds/cred-b/ca.crt".into()))
+        Some(PemSource::Secret {
+            name: "cred-b-cacert".into(),
+            part: SecretPart::TrustedCa,
+            fallback: "/creds/cred-b/ca.crt".into()
+        })
+    );
+    assert_eq!(
+        spec.secret_names().into_iter().collect::<Vec<_>>(),
+        ["cred-b", "cred-b-cacert"]
     );
     assert!(b.require_client_certificate);
     assert_eq!(
@@ -220,6 +236,7 @@ fn chain(names: &[&str]) -> ChainSpec {
         alpn: Vec::new(),
         tls12: true,
         tls13: true,
+        tcp: None,
     }
 }
 
@@ -402,3 +419,9 @@ async fn handshakes_by_sni_with_client_certificates_for_mutual_and_reload() {
     let (_, got) = handshake(tls.clone(), client(&ca2, None), "bookinfo.example.com").await;
     assert_eq!(got.as_deref(), Ok("world"));
 }
+
+#[path = "sds_tests.rs"]
+mod sds;
+
+#[path = "tcp_tests.rs"]
+mod tcp;

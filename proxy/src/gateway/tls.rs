@@ -19,6 +19,7 @@ use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 use serde::Serialize;
 
 use super::decode::{ChainSpec, GatewayTlsSpec, PemSource};
+use super::secret::Secrets;
 
 /// How often the certificate files are looked at (modification time and size).
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -81,7 +82,8 @@ struct Built {
 type Stamp = Option<(SystemTime, u64)>;
 
 struct Loaded {
-    chains: Vec<Built>,
+    /// Per chain; `None` while it waits for an SDS secret (or its fallback file).
+    chains: Vec<Option<Built>>,
     stamps: Vec<Stamp>,
     checked: Instant,
     /// Stamps of the last reload that failed (not retried until the files change again).
@@ -91,6 +93,8 @@ struct Loaded {
 /// A gateway listener's TLS termination.
 pub struct GatewayTls {
     spec: GatewayTlsSpec,
+    /// The SDS secrets the spec names that were held when built.
+    secrets: Secrets,
     files: Vec<PathBuf>,
     loaded: Mutex<Loaded>,
 }
@@ -118,41 +122,68 @@ fn stamp(path: &PathBuf) -> Stamp {
     Some((m.modified().ok()?, m.len()))
 }
 
-fn read(src: &PemSource) -> Result<Vec<u8>, String> {
+/// The PEM of `src` (`None`: an SDS secret neither sent nor on disk yet).
+fn read(src: &PemSource, secrets: &Secrets) -> Result<Option<Vec<u8>>, String> {
     match src {
-        PemSource::Inline(b) => Ok(b.clone()),
-        PemSource::File(p) => {
-            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-        }
+        PemSource::Inline(b) => Ok(Some(b.clone())),
+        PemSource::File(p) => crate::tls::read_pem_file(p)
+            .map(Some)
+            .map_err(|e| format!("cannot read {}: {e}", p.display())),
+        PemSource::Secret {
+            name,
+            part,
+            fallback,
+        } => match secrets.get(name) {
+            Some(s) => s
+                .part(*part)
+                .map(|b| Some(b.to_vec()))
+                .ok_or_else(|| format!("secret {name} has no {}", part.file_name())),
+            None => match crate::tls::read_pem_file(fallback) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("cannot read {}: {e}", fallback.display())),
+            },
+        },
     }
 }
 
-fn what(src: &PemSource) -> String {
+fn what(src: &PemSource, secrets: &Secrets) -> String {
     match src {
         PemSource::File(p) => p.display().to_string(),
         PemSource::Inline(_) => "inline data".to_string(),
+        PemSource::Secret { name, .. } if secrets.contains_key(name) => format!("secret {name}"),
+        PemSource::Secret { fallback, .. } => fallback.display().to_string(),
     }
 }
 
-fn certs(src: &PemSource) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = read(src)?;
+fn certs(
+    src: &PemSource,
+    secrets: &Secrets,
+) -> Result<Option<Vec<CertificateDer<'static>>>, String> {
+    let Some(pem) = read(src, secrets)? else {
+        return Ok(None);
+    };
     let certs = rustls_pemfile::certs(&mut BufReader::new(pem.as_slice()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: bad PEM: {e}", what(src)))?;
+        .map_err(|e| format!("{}: bad PEM: {e}", what(src, secrets)))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate", what(src)));
+        return Err(format!("{}: no certificate", what(src, secrets)));
     }
-    Ok(certs)
+    Ok(Some(certs))
 }
 
-fn key(src: &PemSource) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = read(src)?;
+fn key(src: &PemSource, secrets: &Secrets) -> Result<Option<PrivateKeyDer<'static>>, String> {
+    let Some(pem) = read(src, secrets)? else {
+        return Ok(None);
+    };
     rustls_pemfile::private_key(&mut BufReader::new(pem.as_slice()))
-        .map_err(|e| format!("{}: bad PEM: {e}", what(src)))?
-        .ok_or_else(|| format!("{}: no private key", what(src)))
+        .map_err(|e| format!("{}: bad PEM: {e}", what(src, secrets)))?
+        .ok_or_else(|| format!("{}: no private key", what(src, secrets)))
+        .map(Some)
 }
 
-fn build_chain(c: &ChainSpec) -> Result<Built, String> {
+/// The chain's configuration (`None`: waiting for a secret).
+fn build_chain(c: &ChainSpec, secrets: &Secrets) -> Result<Option<Built>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut versions: Vec<&'static SupportedProtocolVersion> = Vec::new();
     if c.tls13 {
@@ -167,10 +198,13 @@ fn build_chain(c: &ChainSpec) -> Result<Built, String> {
     let builder = match &c.client_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            for cert in certs(ca)? {
+            let Some(ca_certs) = certs(ca, secrets)? else {
+                return Ok(None);
+            };
+            for cert in ca_certs {
                 roots
                     .add(cert)
-                    .map_err(|e| format!("{}: bad CA certificate: {e}", what(ca)))?;
+                    .map_err(|e| format!("{}: bad CA certificate: {e}", what(ca, secrets)))?;
             }
             let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             if !c.require_client_certificate {
@@ -180,11 +214,15 @@ fn build_chain(c: &ChainSpec) -> Result<Built, String> {
         }
         None => builder.with_no_client_auth(),
     };
-    let chain = certs(&c.cert_chain)?;
-    let key = key(&c.private_key)?;
+    let (Some(chain), Some(key)) = (
+        certs(&c.cert_chain, secrets)?,
+        key(&c.private_key, secrets)?,
+    ) else {
+        return Ok(None);
+    };
     let mut config = builder
         .with_single_cert(chain, key)
-        .map_err(|e| format!("certificate {}: {e}", what(&c.cert_chain)))?;
+        .map_err(|e| format!("certificate {}: {e}", what(&c.cert_chain, secrets)))?;
     config.alpn_protocols = c.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     let mut sans = Vec::with_capacity(c.client_sans.len());
     let mut uris = Vec::new();
@@ -197,19 +235,22 @@ fn build_chain(c: &ChainSpec) -> Result<Built, String> {
             ServerName::try_from(s.clone()).map_err(|e| format!("subject alt name {s:?}: {e}"))?,
         );
     }
-    Ok(Built {
+    Ok(Some(Built {
         config: Arc::new(config),
         client_sans: sans.into(),
         client_uris: uris.into(),
-    })
+    }))
 }
 
-fn build_all(spec: &GatewayTlsSpec) -> Result<Vec<Built>, GatewayTlsError> {
+fn build_all(
+    spec: &GatewayTlsSpec,
+    secrets: &Secrets,
+) -> Result<Vec<Option<Built>>, GatewayTlsError> {
     spec.chains
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            build_chain(c).map_err(|reason| GatewayTlsError {
+            build_chain(c, secrets).map_err(|reason| GatewayTlsError {
                 chain: i,
                 names: if c.server_names.is_empty() {
                     "*".to_string()
@@ -224,7 +265,7 @@ fn build_all(spec: &GatewayTlsSpec) -> Result<Vec<Built>, GatewayTlsError> {
 
 /// Whether `pattern` (`example.com`, `*.example.com`) names `sni`: the length of the match
 /// (longer is more specific; exact names beat every wildcard).
-fn name_match(pattern: &str, sni: &str) -> Option<usize> {
+pub(super) fn name_match(pattern: &str, sni: &str) -> Option<usize> {
     if pattern.eq_ignore_ascii_case(sni) {
         return Some(usize::MAX);
     }
@@ -261,8 +302,16 @@ pub fn pick(spec: &GatewayTlsSpec, sni: Option<&str>) -> Option<usize> {
 }
 
 impl GatewayTls {
-    /// Reads every file and builds every chain's configuration.
+    /// Reads every file and builds every chain's configuration (no SDS secrets held: SDS
+    /// names read their fallback files).
     pub fn build(spec: GatewayTlsSpec) -> Result<GatewayTls, GatewayTlsError> {
+        GatewayTls::build_with(spec, &Secrets::new())
+    }
+
+    /// [`GatewayTls::build`] with the SDS secrets held (`all`; the ones the spec names are
+    /// kept). A chain whose secret is neither held nor on disk waits (refuses handshakes).
+    pub fn build_with(spec: GatewayTlsSpec, all: &Secrets) -> Result<GatewayTls, GatewayTlsError> {
+        let secrets = GatewayTls::secrets_of(&spec, all);
         let mut files: Vec<PathBuf> = Vec::new();
         for c in &spec.chains {
             for src in [
@@ -273,17 +322,29 @@ impl GatewayTls {
             .into_iter()
             .flatten()
             {
-                if let PemSource::File(p) = src
-                    && !files.contains(p)
-                {
-                    files.push(p.clone());
+                let path = match src {
+                    PemSource::File(p) => p,
+                    PemSource::Secret { name, fallback, .. } if !secrets.contains_key(name) => {
+                        fallback
+                    }
+                    _ => continue,
+                };
+                if !files.contains(path) {
+                    files.push(path.clone());
                 }
             }
         }
         let stamps = files.iter().map(stamp).collect();
-        let chains = build_all(&spec)?;
+        let chains = build_all(&spec, &secrets)?;
+        for (c, built) in spec.chains.iter().zip(&chains) {
+            if built.is_none() {
+                tracing::info!(server_names = ?c.server_names, secrets = ?spec.secret_names(),
+                    "gateway tls chain waits for its secret (handshakes refused until it comes)");
+            }
+        }
         Ok(GatewayTls {
             spec,
+            secrets,
             files,
             loaded: Mutex::new(Loaded {
                 chains,
@@ -306,7 +367,7 @@ impl GatewayTls {
         if now == loaded.stamps || loaded.failed.as_ref() == Some(&now) {
             return false;
         }
-        match build_all(&self.spec) {
+        match build_all(&self.spec, &self.secrets) {
             Ok(chains) => {
                 tracing::info!(files = ?self.files, "gateway certificates reloaded");
                 loaded.chains = chains;
@@ -327,6 +388,24 @@ impl GatewayTls {
         &self.spec
     }
 
+    /// The secrets of `all` that `spec` names.
+    pub fn secrets_of(spec: &GatewayTlsSpec, all: &Secrets) -> Secrets {
+        spec.secret_names()
+            .into_iter()
+            .filter_map(|n| all.get(&n).map(|s| (n, s.clone())))
+            .collect()
+    }
+
+    /// The SDS secrets it was built with.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// Whether a chain still waits for its secret.
+    pub fn waiting(&self) -> bool {
+        self.loaded.lock().chains.iter().any(Option::is_none)
+    }
+
     /// The configuration for a ClientHello naming `sni` (`None`: no chain takes it, the
     /// connection is refused). Rebuilds first when a file changed since the last look (at
     /// most once a second); a rebuild that fails keeps the last good configurations.
@@ -336,7 +415,7 @@ impl GatewayTls {
         if loaded.checked.elapsed() >= RELOAD_CHECK {
             self.reload_locked(&mut loaded);
         }
-        let b = loaded.chains.get(i)?;
+        let b = loaded.chains.get(i)?.as_ref()?;
         Some(Selected {
             chain: i,
             config: b.config.clone(),

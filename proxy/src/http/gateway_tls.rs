@@ -2,7 +2,8 @@
 //! ClientHello, pick the filter chain by its server name, finish the handshake with that
 //! chain's configuration (client certificate required and verified for MUTUAL), then serve
 //! HTTP/2 or HTTP/1.1 by the negotiated ALPN with the listener's routes, as the plaintext
-//! gateway listener does. Requests carry `x-forwarded-proto: https`.
+//! gateway listener does. Requests carry `x-forwarded-proto: https`. A chain with a
+//! `tcp_proxy` (`protocol: TLS` server) splices the decrypted bytes to its cluster instead.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -70,6 +71,15 @@ pub(super) async fn serve_tls_connection(
             "client certificate names none of the subject alt names",
             None,
         );
+    }
+    // A `protocol: TLS` server's chain: the decrypted bytes go to its tcp_proxy cluster.
+    if let Some(chain) = tls
+        .spec()
+        .chains
+        .get(selected.chain)
+        .and_then(|c| c.tcp.as_ref())
+    {
+        return crate::tcp::proxy_chain(&ctx, &name, stream, Vec::new(), remote, chain).await;
     }
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
     let metrics = ctx.metrics.clone();

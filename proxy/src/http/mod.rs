@@ -7,6 +7,9 @@ mod captured;
 mod context;
 mod cors;
 mod fault;
+/// Entry points for the fuzzers in `fuzz/` (not an API).
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway_tls;
 mod headers;
 mod held;

@@ -204,10 +204,14 @@ pub async fn handle(
             started,
         })
     });
+    let found_cluster = config.clusters.get(cluster_name);
     let mut record = Record {
         ctx,
         started,
-        service: Service::from_fqdn(service),
+        // Pilot's `istio` cluster metadata (resolved at CDS time), else from the FQDN.
+        service: found_cluster
+            .and_then(|c| c.service.clone())
+            .unwrap_or_else(|| Service::from_fqdn(service)),
         request_bytes,
         log: entry.map(|mut e| {
             e.route_name = non_empty(&selected.route.name);
@@ -216,7 +220,7 @@ pub async fn handle(
         }),
         span,
     };
-    let Some(cluster) = config.clusters.get(cluster_name) else {
+    let Some(cluster) = found_cluster else {
         ctx.metrics.upstream_error("unknown_cluster");
         return record.finish(
             None,

@@ -96,6 +96,7 @@ fn cluster(name: &str) -> Cluster {
         limits: Limits::default(),
         max_requests_per_connection: None,
         outlier: None,
+        service: None,
     }
 }
 

@@ -176,6 +176,22 @@ pub async fn serve_routed_with(
             if kind == RoutedKind::Gateway
                 && let Some(tls) = ctx.config.load().gateway_tls(&name).cloned()
             {
+                // PASSTHROUGH chains on the same port: the ClientHello's name picks.
+                let passthrough = ctx
+                    .config
+                    .load()
+                    .listeners
+                    .get(&*name)
+                    .and_then(|l| l.tcp.clone());
+                if let Some(tcp) = passthrough
+                    && crate::gateway::mixed::passthrough_wins(
+                        tls.spec(),
+                        &tcp,
+                        crate::gateway::mixed::peek_sni(&stream).await.as_deref(),
+                    )
+                {
+                    return crate::tcp::proxy_stream(&ctx, &name, stream, Vec::new(), remote).await;
+                }
                 return super::gateway_tls::serve_tls_connection(
                     ctx, stream, remote, name, kind, tls, builder, watcher, limits,
                 )

@@ -12,12 +12,15 @@ mod passthrough;
 mod sni;
 
 pub use envoy::{TCP_PROXY_FILTER, decode_tcp_proxy};
-pub use inbound::serve_inbound;
+pub use inbound::{serve_inbound, serve_inbound_plaintext};
 pub use metrics::{TcpLabels, TcpMetrics};
 pub use model::{TcpChain, TcpProxy};
-pub(crate) use outbound::proxy_stream;
 pub use outbound::serve_tcp;
+pub(crate) use outbound::{proxy_chain, proxy_stream};
 pub(crate) use passthrough::passthrough;
+#[cfg(test)]
+pub(crate) use sni::tests::client_hello as client_hello_for_tests;
+pub(crate) use sni::{MAX_HELLO, Sni, parse as parse_sni};
 
 #[cfg(test)]
 pub(crate) mod testkit;

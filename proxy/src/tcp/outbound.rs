@@ -120,7 +120,6 @@ pub(crate) async fn proxy_stream<S: Io>(
     mut head: Vec<u8>,
     remote: SocketAddr,
 ) {
-    let started = (SystemTime::now(), Instant::now());
     let config = ctx.config.load();
     let Some(tcp) = config.listeners.get(listener).and_then(|l| l.tcp.clone()) else {
         tracing::debug!(listener, %remote, "no tcp_proxy configuration for listener; closing");
@@ -137,11 +136,29 @@ pub(crate) async fn proxy_stream<S: Io>(
         tracing::debug!(listener, %remote, ?sni, "no filter chain matches the server name; closing");
         return;
     };
+    proxy_chain(ctx, listener, down, head, remote, chain).await;
+}
+
+/// Proxies one downstream connection to a cluster of `chain` (of listener `listener`): a
+/// gateway's TLS-terminating chain hands the decrypted stream here (`crate::gateway`).
+pub(crate) async fn proxy_chain<S: Io>(
+    ctx: &ProxyContext,
+    listener: &str,
+    down: S,
+    head: Vec<u8>,
+    remote: SocketAddr,
+    chain: &super::TcpChain,
+) {
+    let started = (SystemTime::now(), Instant::now());
+    let config = ctx.config.load();
     let roll: u32 = rand::rng().random();
     let Some(cluster_name) = chain.pick(roll) else {
         return;
     };
-    let service = Service::from_fqdn(service_of_cluster(cluster_name));
+    let found_cluster = config.clusters.get(cluster_name);
+    let service = found_cluster
+        .and_then(|c| c.service.clone())
+        .unwrap_or_else(|| Service::from_fqdn(service_of_cluster(cluster_name)));
     let own = ctx.own_principal();
     let unknown = Workload::unknown();
     let labels = |response_flags: &'static str, mtls: bool, peer: &str| -> TcpLabels {
@@ -189,7 +206,7 @@ pub(crate) async fn proxy_stream<S: Io>(
         metrics.closed(&l);
         log(flag, None, None, (0, 0));
     };
-    let Some(cluster) = config.clusters.get(cluster_name) else {
+    let Some(cluster) = found_cluster else {
         ctx.metrics.upstream_error("unknown_cluster");
         return refuse(flags::NO_HEALTHY_UPSTREAM, "unknown cluster");
     };

@@ -181,6 +181,7 @@ pub async fn mesh_logged(app: SocketAddr, tcp: TcpProxy, access_log: Option<Acce
         limits: Limits::default(),
         max_requests_per_connection: None,
         outlier: None,
+        service: None,
     };
     config
         .endpoints

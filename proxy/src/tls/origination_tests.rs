@@ -183,6 +183,7 @@ async fn proxy(tls: UpstreamTls, addr: SocketAddr) -> (SocketAddr, mesh_runtime:
         limits: Limits::default(),
         max_requests_per_connection: None,
         outlier: None,
+        service: None,
     };
     config
         .endpoints

@@ -106,20 +106,28 @@ impl AdsSession {
         }
     }
 
-    /// EDS after CDS, RDS after LDS, when the set of names changed.
-    fn follow_up(&mut self, ty: ResourceType) -> Option<DiscoveryRequest> {
-        let (dep, names): (ResourceType, BTreeSet<String>) = match ty {
-            ResourceType::Cluster => (ResourceType::Endpoint, self.state.cluster_names()),
-            ResourceType::Listener => (ResourceType::Route, self.state.route_names()),
-            _ => return None,
+    /// EDS after CDS, RDS and SDS (the secrets gateway listeners name) after LDS, when the
+    /// set of names changed.
+    fn follow_up(&mut self, ty: ResourceType) -> Vec<DiscoveryRequest> {
+        let deps: Vec<(ResourceType, BTreeSet<String>)> = match ty {
+            ResourceType::Cluster => vec![(ResourceType::Endpoint, self.state.cluster_names())],
+            ResourceType::Listener => vec![
+                (ResourceType::Route, self.state.route_names()),
+                (ResourceType::Secret, self.state.secret_names()),
+            ],
+            _ => return Vec::new(),
         };
-        let names: Vec<String> = names.into_iter().collect();
-        let sub = self.subs.entry(dep).or_default();
-        if names.is_empty() || (sub.requested && sub.names == names) {
-            return None;
+        let mut out = Vec::new();
+        for (dep, names) in deps {
+            let names: Vec<String> = names.into_iter().collect();
+            let sub = self.subs.entry(dep).or_default();
+            if names.is_empty() || (sub.requested && sub.names == names) {
+                continue;
+            }
+            sub.names = names;
+            out.push(self.request(dep, None));
         }
-        sub.names = names;
-        Some(self.request(dep, None))
+        out
     }
 
     /// Handles one response: the requests to send (subscription changes first, then the

@@ -67,6 +67,15 @@ fn unpack<M: Message + Default>(any: &Any, expected: &str, what: &str) -> Result
     })
 }
 
+/// Whether a filter chain's transport socket is a `DownstreamTlsContext`.
+fn terminates_tls(chain: &mesh_proto::envoy::envoy::config::listener::v3::FilterChain) -> bool {
+    matches!(
+        chain.transport_socket.as_ref().and_then(|t| t.config_type.as_ref()),
+        Some(transport_socket::ConfigType::TypedConfig(any))
+            if any.type_url == type_url::DOWNSTREAM_TLS_CONTEXT
+    )
+}
+
 /// A `Listener`: its name, address and the RDS route name of its HTTP connection manager.
 pub fn listener(any: &Any) -> Result<Listener, DecodeError> {
     let l: EnvoyListener = unpack(any, type_url::LISTENER, "listener")?;
@@ -95,6 +104,11 @@ pub fn listener(any: &Any) -> Result<Listener, DecodeError> {
                     reason,
                 )
             })? {
+                // A gateway chain terminating TLS (`protocol: TLS` SIMPLE/MUTUAL) is served by
+                // `crate::gateway` (its `ChainSpec::tcp`), not as passthrough.
+                if l.name != INBOUND_LISTENER && terminates_tls(chain) {
+                    continue;
+                }
                 let server_names = chain
                     .filter_chain_match
                     .as_ref()
@@ -590,6 +604,7 @@ pub fn cluster(any: &Any) -> Result<DecodedCluster, DecodeError> {
         limits: crate::cluster::envoy::limits(&c),
         max_requests_per_connection: crate::cluster::envoy::max_requests_per_connection(&c),
         outlier,
+        service: super::cluster_metadata::istio_service(&c),
         name: c.name,
         eds_name,
         connect_timeout,

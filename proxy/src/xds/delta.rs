@@ -84,9 +84,7 @@ impl DeltaSession {
                 initial_resource_versions: self.versions(ty),
                 ..Default::default()
             });
-            if let Some(req) = self.follow_up(ty, true) {
-                out.push(req);
-            }
+            out.extend(self.follow_up(ty, true));
         }
         out
     }
@@ -116,14 +114,29 @@ impl DeltaSession {
         names
     }
 
-    /// Subscription changes of EDS after CDS, RDS after LDS; with `initial` (a new stream) the
-    /// versions held go along.
-    fn follow_up(&mut self, ty: ResourceType, initial: bool) -> Option<DeltaDiscoveryRequest> {
-        let (dep, want) = match ty {
-            ResourceType::Cluster => (ResourceType::Endpoint, self.state.cluster_names()),
-            ResourceType::Listener => (ResourceType::Route, self.state.route_names()),
-            _ => return None,
+    /// Subscription changes of EDS after CDS, RDS and SDS (the secrets gateway listeners
+    /// name) after LDS; with `initial` (a new stream) the versions held go along.
+    fn follow_up(&mut self, ty: ResourceType, initial: bool) -> Vec<DeltaDiscoveryRequest> {
+        let deps = match ty {
+            ResourceType::Cluster => vec![(ResourceType::Endpoint, self.state.cluster_names())],
+            ResourceType::Listener => vec![
+                (ResourceType::Route, self.state.route_names()),
+                (ResourceType::Secret, self.state.secret_names()),
+            ],
+            _ => return Vec::new(),
         };
+        deps.into_iter()
+            .filter_map(|(dep, want)| self.follow_up_of(dep, want, initial))
+            .collect()
+    }
+
+    /// The subscription change of `dep` to `want`, if any.
+    fn follow_up_of(
+        &mut self,
+        dep: ResourceType,
+        want: BTreeSet<String>,
+        initial: bool,
+    ) -> Option<DeltaDiscoveryRequest> {
         // What is no longer referenced is no longer held (the state dropped it too).
         if let Some(held) = self.held.get_mut(&dep) {
             held.retain(|n, _| want.contains(n));
@@ -223,7 +236,7 @@ impl DeltaSession {
         {
             Ok((ty, config)) => {
                 self.held.insert(ty, next);
-                let mut requests: Vec<_> = self.follow_up(ty, false).into_iter().collect();
+                let mut requests: Vec<_> = self.follow_up(ty, false);
                 requests.push(self.answer(resp, None));
                 DeltaOutcome {
                     requests,

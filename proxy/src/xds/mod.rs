@@ -3,10 +3,13 @@
 
 pub mod access_log;
 mod client;
+mod cluster_metadata;
 mod connect;
 mod decode;
 mod delta;
 mod delta_stream;
+#[cfg(test)]
+mod fuzz_regressions;
 mod node;
 mod snapshot;
 mod state;

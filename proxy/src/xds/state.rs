@@ -15,21 +15,24 @@ use crate::routing::RouteTable;
 use super::decode::{self, DecodeError};
 use super::snapshot::{Config, Listener, Versions};
 
-/// The four resource types the proxy subscribes to.
+/// The resource types the proxy subscribes to (SDS secrets: the names its gateway listeners
+/// reference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {
     Cluster,
     Endpoint,
     Listener,
     Route,
+    Secret,
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 4] = [
+    pub const ALL: [ResourceType; 5] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
         ResourceType::Route,
+        ResourceType::Secret,
     ];
 
     pub fn type_url(self) -> &'static str {
@@ -38,6 +41,7 @@ impl ResourceType {
             ResourceType::Endpoint => type_url::ENDPOINT,
             ResourceType::Listener => type_url::LISTENER,
             ResourceType::Route => type_url::ROUTE,
+            ResourceType::Secret => type_url::SECRET,
         }
     }
 
@@ -45,13 +49,14 @@ impl ResourceType {
         Self::ALL.into_iter().find(|t| t.type_url() == url)
     }
 
-    /// Short name for logs and metrics (`cds`, `eds`, `lds`, `rds`).
+    /// Short name for logs and metrics (`cds`, `eds`, `lds`, `rds`, `sds`).
     pub fn short(self) -> &'static str {
         match self {
             ResourceType::Cluster => "cds",
             ResourceType::Endpoint => "eds",
             ResourceType::Listener => "lds",
             ResourceType::Route => "rds",
+            ResourceType::Secret => "sds",
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct XdsState {
     versions: Versions,
     access_logs: BTreeMap<String, Arc<super::access_log::ListenerLogs>>,
     gateway_tls: BTreeMap<String, Arc<crate::gateway::GatewayTls>>,
+    /// SDS secrets from Pilot that the gateway listeners reference.
+    secrets: crate::gateway::Secrets,
     lds_applied: bool,
     cds_applied: bool,
 }
@@ -122,6 +129,8 @@ impl XdsState {
                 self.listeners = next;
                 self.access_logs = logs;
                 self.gateway_tls = tls;
+                let wanted = self.secret_names();
+                self.secrets.retain(|k, _| wanted.contains(k));
                 let referenced = self.route_names();
                 self.routes.retain(|k, _| referenced.contains(k));
                 self.versions.listeners = version.to_string();
@@ -173,6 +182,32 @@ impl XdsState {
                 let referenced = self.route_names();
                 self.routes.retain(|k, _| referenced.contains(k));
                 self.versions.routes = version.to_string();
+            }
+            ResourceType::Secret => {
+                // The whole set the listeners reference (SotW responses carry every name
+                // asked for that exists; Delta applies everything held).
+                let wanted = self.secret_names();
+                let mut next = BTreeMap::new();
+                for r in resources {
+                    let s = crate::gateway::decode_secret(r).map_err(|(field, reason)| {
+                        DecodeError::Invalid {
+                            resource: format!("secret {}", secret_name(r)),
+                            field,
+                            reason,
+                        }
+                    })?;
+                    if !wanted.contains(&s.name) {
+                        continue;
+                    }
+                    let s = match self.secrets.get(&s.name) {
+                        Some(old) if **old == s => old.clone(),
+                        _ => Arc::new(s),
+                    };
+                    insert_unique(&mut next, s.name.clone(), s)?;
+                }
+                let tls = self.rebuild_gateway_tls(&next)?;
+                self.secrets = next;
+                self.gateway_tls = tls;
             }
             ResourceType::Endpoint => {
                 let mut next = BTreeMap::new();
@@ -241,15 +276,51 @@ impl XdsState {
         };
         if let Some(old) = self.gateway_tls.get(&l.name)
             && *old.spec() == spec
+            && *old.secrets() == crate::gateway::GatewayTls::secrets_of(&spec, &self.secrets)
         {
             return Ok(Some(old.clone()));
         }
-        let built = crate::gateway::GatewayTls::build(spec).map_err(|e| DecodeError::Invalid {
-            resource: res,
-            field: "filter_chains.transport_socket".to_string(),
-            reason: e.to_string(),
+        let built = crate::gateway::GatewayTls::build_with(spec, &self.secrets).map_err(|e| {
+            DecodeError::Invalid {
+                resource: res,
+                field: "filter_chains.transport_socket".to_string(),
+                reason: e.to_string(),
+            }
         })?;
         Ok(Some(Arc::new(built)))
+    }
+
+    /// The gateway TLS of every listener with `secrets` as the SDS secrets held: unchanged
+    /// where the secrets it reads did not change, rebuilt (rotation) where they did.
+    fn rebuild_gateway_tls(
+        &self,
+        secrets: &crate::gateway::Secrets,
+    ) -> Result<BTreeMap<String, Arc<crate::gateway::GatewayTls>>, ApplyError> {
+        let mut out = BTreeMap::new();
+        for (name, old) in &self.gateway_tls {
+            let now = crate::gateway::GatewayTls::secrets_of(old.spec(), secrets);
+            let t = if *old.secrets() == now {
+                old.clone()
+            } else {
+                let built = crate::gateway::GatewayTls::build_with(old.spec().clone(), secrets)
+                    .map_err(|e| DecodeError::Invalid {
+                        resource: format!("listener {name}"),
+                        field: "filter_chains.transport_socket".to_string(),
+                        reason: e.to_string(),
+                    })?;
+                Arc::new(built)
+            };
+            out.insert(name.clone(), t);
+        }
+        Ok(out)
+    }
+
+    /// SDS secret names the accepted gateway listeners reference, sorted.
+    pub fn secret_names(&self) -> BTreeSet<String> {
+        self.gateway_tls
+            .values()
+            .flat_map(|t| t.spec().secret_names())
+            .collect()
     }
 
     /// EDS names the accepted EDS clusters need, sorted (STATIC, DNS and ORIGINAL_DST
@@ -274,4 +345,14 @@ impl XdsState {
     pub fn initial_config_applied(&self) -> bool {
         self.lds_applied && self.cds_applied
     }
+}
+
+/// The name of a `Secret` resource, for error messages (`?` when it does not decode).
+fn secret_name(r: &Any) -> String {
+    use prost::Message;
+    mesh_proto::envoy::envoy::extensions::transport_sockets::tls::v3::Secret::decode(
+        r.value.as_slice(),
+    )
+    .map(|s| s.name)
+    .unwrap_or_else(|_| "?".to_string())
 }
