@@ -7,7 +7,6 @@
 //! fixes the client verifier per configuration. The listener reads the ClientHello first
 //! (`tokio_rustls::LazyConfigAcceptor`), then hands it the chain's configuration.
 
-use std::io::BufReader;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -19,7 +18,7 @@ use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 use serde::Serialize;
 
 use super::decode::{ChainSpec, GatewayTlsSpec, PemSource};
-use super::secret::Secrets;
+use super::secret::{Secrets, pem_certs, pem_key};
 
 /// How often the certificate files are looked at (modification time and size).
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -163,23 +162,18 @@ fn certs(
     let Some(pem) = read(src, secrets)? else {
         return Ok(None);
     };
-    let certs = rustls_pemfile::certs(&mut BufReader::new(pem.as_slice()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: bad PEM: {e}", what(src, secrets)))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate", what(src, secrets)));
-    }
-    Ok(Some(certs))
+    pem_certs(&what(src, secrets), &pem)
+        .map(Some)
+        .map_err(|(field, reason)| format!("{field}: {reason}"))
 }
 
 fn key(src: &PemSource, secrets: &Secrets) -> Result<Option<PrivateKeyDer<'static>>, String> {
     let Some(pem) = read(src, secrets)? else {
         return Ok(None);
     };
-    rustls_pemfile::private_key(&mut BufReader::new(pem.as_slice()))
-        .map_err(|e| format!("{}: bad PEM: {e}", what(src, secrets)))?
-        .ok_or_else(|| format!("{}: no private key", what(src, secrets)))
+    pem_key(&what(src, secrets), &pem)
         .map(Some)
+        .map_err(|(field, reason)| format!("{field}: {reason}"))
 }
 
 /// The chain's configuration (`None`: waiting for a secret).
