@@ -380,9 +380,27 @@ async fn prometheus_scrapes_the_mesh_and_counts_the_traffic() {
         assert_eq!(status_of(&missing).await, 404, "GET {missing}");
     }
 
+    // Every target scrapes on its own schedule: wait until each was scraped after the traffic
+    // ended (the `up` sample's timestamp is its scrape time), so every total below is final.
+    let traffic_end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    poll(
+        "every target scraped after the traffic",
+        Duration::from_secs(30),
+        || async {
+            match prom.value("min(timestamp(up))").await? {
+                Some(t) if t > traffic_end => Ok(()),
+                other => Err(format!(
+                    "oldest scrape {other:?}, traffic ended {traffic_end}"
+                )),
+            }
+        },
+    )
+    .await;
     let ok = prom.wait_for(ok_q, ok0 + N_OK as f64).await;
     let nr = prom.wait_for(nr_q, nr0 + M_NOT_FOUND as f64).await;
-    // All requests are in (the scrapes caught up), so the error and ratings totals are final.
     // 5xx answered while the configuration was still arriving (before the warm-up above got a
     // whole call tree) are in the baseline; the test's own traffic must add none.
     let err = prom.value(err_q).await.unwrap();
