@@ -10,6 +10,7 @@ mod outcome;
 mod rules;
 mod schema;
 mod semantic;
+mod sidecar;
 
 pub use check::{
     Checked, Report, Skipped, ValidObject, check_document, check_text, normalize_namespace,

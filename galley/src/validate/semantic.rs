@@ -21,7 +21,7 @@ pub(crate) fn check_semantic(
         Kind::VirtualService => virtual_service(spec, cx),
         Kind::ServiceEntry => service_entry(spec, cx),
         Kind::PeerAuthentication => peer_authentication(spec, cx),
-        Kind::Sidecar => sidecar(spec, cx),
+        Kind::Sidecar => super::sidecar::sidecar(spec, cx),
         Kind::QuotaSpec => quota_spec(spec, cx),
         Kind::QuotaSpecBinding => quota_spec_binding(spec, cx),
         _ => Vec::new(),
@@ -131,22 +131,6 @@ fn peer_authentication(spec: &Value, cx: &ErrorContext) -> Vec<ValidationError> 
         }
     }
     errs
-}
-
-fn sidecar(spec: &Value, cx: &ErrorContext) -> Vec<ValidationError> {
-    let any = [
-        "egress",
-        "ingress",
-        "outboundTrafficPolicy",
-        "inboundConnectionPool",
-    ]
-    .iter()
-    .any(|f| set(spec, f));
-    if any {
-        Vec::new()
-    } else {
-        vec![cx.error("spec", "sidecar: empty configuration provided")]
-    }
 }
 
 fn items<'a>(v: &'a Value, field: &str) -> &'a [Value] {

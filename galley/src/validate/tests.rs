@@ -225,3 +225,46 @@ spec:
         "{got:?}"
     );
 }
+
+#[test]
+fn sidecar_rules_run_through_the_whole_check() {
+    let text = r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: prod}
+spec:
+  ingress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    defaultEndpoint: 10.0.0.1:8080
+  - port: {number: 9080, protocol: TCP, name: tcp}
+    bind: unix:///var/run/in.sock
+  egress:
+  - hosts: [reviews]
+  - port: {number: 0, protocol: HTTP, name: uds}
+    bind: 127.0.0.1
+    hosts: ["./*"]
+  outboundTrafficPolicy:
+    mode: REGISTRY_ONLY
+    egressProxy: {host: proxy.example.com, port: {number: 3128}}
+"#;
+    let r = check_text("sc.yaml", text);
+    assert!(r.objects.is_empty());
+    let got: Vec<String> = r.errors.iter().map(|e| e.field.clone()).collect();
+    assert_eq!(
+        got,
+        vec![
+            "spec.ingress[0].defaultEndpoint",
+            "spec.ingress[1].bind",
+            "spec.ingress[1].port.number",
+            "spec.egress[0]",
+            "spec.egress[0].hosts[0]",
+            "spec.egress[1].bind",
+            "spec.outboundTrafficPolicy.egressProxy",
+        ],
+        "{:#?}",
+        r.errors
+    );
+    let ok = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default}\nspec:\n  ingress:\n  - port: {number: 9080, protocol: HTTP, name: http}\n    defaultEndpoint: 127.0.0.1:8080\n    captureMode: NONE\n  egress:\n  - port: {number: 0, protocol: HTTP, name: uds}\n    bind: unix:///var/run/out.sock\n    captureMode: NONE\n    hosts: [\"istio-system/*\"]\n  - hosts: [\"./*\", \"*/*.example.com\"]\n  outboundTrafficPolicy:\n    mode: ALLOW_ANY\n    egressProxy: {host: proxy.example.com, port: {number: 3128}}\n";
+    let r = check_text("ok.yaml", ok);
+    assert!(r.errors.is_empty(), "{:#?}", r.errors);
+    assert_eq!(r.objects.len(), 1);
+}
