@@ -338,6 +338,15 @@ pub async fn run(cfg: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result
             stopped(stop_rx.clone()),
         ));
     }
+    // Sidecar `ingress[]` ports with `bind` / `captureMode: NONE`: listeners bound as Pilot
+    // asks (they come with xDS, after readiness).
+    if cfg.node.proxy_type == ProxyType::Sidecar {
+        tasks.spawn(crate::capture::serve_ingress_binds(
+            ctx.clone(),
+            capture.clone(),
+            stopped(stop_rx.clone()),
+        ));
+    }
     if let Some(l) = capture_inbound {
         tracing::info!(addr = ?l.local_addr().ok(), "serving inbound capture");
         tasks.spawn(crate::capture::serve_capture_inbound(

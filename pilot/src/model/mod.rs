@@ -19,7 +19,8 @@ pub use service::{
 };
 pub use service_entry::{LabelSelector, ServiceEntryError, ServiceEntryPort, ServiceEntrySpec};
 pub use sidecar_scope::{
-    EgressHost, EgressListener, NamespaceMatch, OutboundPolicy, OutboundTrafficPolicy,
-    SidecarEntry, SidecarScope, SidecarSpec, read_sidecars, sidecar_for,
+    EgressHost, EgressListener, IngressEndpoint, IngressPort, IngressProtocol, NamespaceMatch,
+    OutboundPolicy, OutboundTrafficPolicy, SidecarEntry, SidecarScope, SidecarSpec, read_sidecars,
+    sidecar_for,
 };
 pub use workload_entry::{WorkloadEntryItem, WorkloadEntrySpec, read_workload_entries};

@@ -18,6 +18,10 @@ use super::service::{Service, exported};
 use super::service_entry::LabelSelector;
 use crate::galley_client::Snapshot;
 
+#[path = "sidecar_ingress.rs"]
+mod sidecar_ingress;
+pub use sidecar_ingress::{IngressEndpoint, IngressPort, IngressProtocol, parse_ingress};
+
 /// Sidecar spec (the parts Pilot reads).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -72,6 +76,8 @@ pub struct SidecarEntry {
     /// Every `egress[].hosts` entry, parsed (`*/*` when the Sidecar lists none).
     pub hosts: Vec<EgressHost>,
     pub outbound: Option<OutboundPolicy>,
+    /// `ingress[]`, checked (empty: the inbound side follows the workload's service ports).
+    pub ingress: Vec<IngressPort>,
 }
 
 /// The namespace part of an egress host.
@@ -185,12 +191,14 @@ fn entry(obj: &ConfigObject) -> Result<SidecarEntry, String> {
             ));
         }
     };
+    let ingress = parse_ingress(&spec.ingress)?;
     Ok(SidecarEntry {
         namespace: obj.metadata.namespace.clone(),
         name: obj.metadata.name.clone(),
         spec,
         hosts,
         outbound,
+        ingress,
     })
 }
 

@@ -3,7 +3,10 @@
 //! protocol as Envoy selects them: `tls` (mutual TLS, client certificate required) and, for
 //! PERMISSIVE or DISABLE, `raw_buffer`; port-level modes get their own chains matched on
 //! `destination_port`. Every chain's HTTP connection manager runs `jwt_authn`, the RBAC filters
-//! (DENY, ALLOW, LOG) and the router.
+//! (DENY, ALLOW, LOG) and the router. A Sidecar's `ingress[]` ports get chains of their own
+//! (`sidecar_ingress.rs`).
+
+use std::collections::BTreeMap;
 
 use mesh_proto::envoy::envoy::config::core::v3::{TransportSocket, transport_socket};
 use mesh_proto::envoy::envoy::config::listener::v3::{
@@ -18,6 +21,7 @@ use mesh_proto::envoy::envoy::extensions::filters::listener::tls_inspector::v3::
 use mesh_proto::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
 };
+use mesh_proto::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use mesh_proto::envoy::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, common_tls_context,
 };
@@ -33,7 +37,9 @@ use super::peer_authn::{MtlsMode, mtls_settings};
 use super::proxy_info::ProxyInfo;
 use super::rbac::{RBAC_FILTER, rbac_configs};
 use super::resources::pack;
-use crate::model::Registry;
+use super::sidecar_ingress::{additional_addresses, inbound_cluster_name, served_ports};
+use super::tcp::TCP_PROXY_FILTER;
+use crate::model::{IngressPort, IngressProtocol, Registry};
 
 /// The inbound listener's name.
 pub const VIRTUAL_INBOUND: &str = "virtualInbound";
@@ -44,18 +50,30 @@ pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 /// Where inbound requests go after the filters (the local application).
 pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughClusterIpv4";
 
-/// The sidecar's inbound listener.
+/// The sidecar's inbound listener. Ports of a Sidecar's `ingress[]` get their own chains to
+/// `inbound|PORT||` (see `sidecar_ingress.rs`); the rest goes to the application as before.
 pub fn inbound_listener(reg: &Registry, proxy: &ProxyInfo) -> Listener {
     let settings = mtls_settings(reg, proxy);
-    let hcm = hcm(reg, proxy);
-    let mut chains = Vec::new();
-    for (port, mode) in &settings.ports {
-        chains.extend(chains_for(*mode, Some(*port), &hcm));
+    let passthrough = hcm(reg, proxy, INBOUND_PASSTHROUGH, INBOUND_PORT);
+    let ingress = served_ports(reg, proxy);
+    // Every port with its own chains: port-level peer authentication and ingress ports.
+    let mut ports: BTreeMap<u32, MtlsMode> = settings.ports.clone();
+    for p in &ingress {
+        ports.entry(u32::from(p.port)).or_insert(settings.mode);
     }
-    chains.extend(chains_for(settings.mode, None, &hcm));
+    let mut chains = Vec::new();
+    for (port, mode) in &ports {
+        let filter = match ingress.iter().find(|p| u32::from(p.port) == *port) {
+            Some(p) => ingress_filter(reg, proxy, p),
+            None => hcm_filter(passthrough.clone()),
+        };
+        chains.extend(chains_for(*mode, Some(*port), &filter));
+    }
+    chains.extend(chains_for(settings.mode, None, &hcm_filter(passthrough)));
     Listener {
         name: VIRTUAL_INBOUND.to_string(),
         address: Some(socket("0.0.0.0", INBOUND_PORT)),
+        additional_addresses: additional_addresses(&ingress),
         listener_filters: vec![ListenerFilter {
             name: TLS_INSPECTOR.to_string(),
             config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
@@ -69,7 +87,37 @@ pub fn inbound_listener(reg: &Registry, proxy: &ProxyInfo) -> Listener {
     }
 }
 
-fn chains_for(mode: MtlsMode, port: Option<u32>, hcm: &Any) -> Vec<FilterChain> {
+/// The network filter of an ingress port: HTTP to `inbound|PORT||` through the inbound HTTP
+/// filters, or a `tcp_proxy` to it.
+fn ingress_filter(reg: &Registry, proxy: &ProxyInfo, p: &IngressPort) -> Filter {
+    let cluster = inbound_cluster_name(p.port);
+    match p.protocol {
+        IngressProtocol::Http => hcm_filter(hcm(reg, proxy, &cluster, u32::from(p.port))),
+        IngressProtocol::Tcp => {
+            let tp = TcpProxy {
+                stat_prefix: cluster.clone(),
+                cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster)),
+                ..TcpProxy::default()
+            };
+            Filter {
+                name: TCP_PROXY_FILTER.to_string(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack(
+                    &TcpProxy::type_url(),
+                    &tp,
+                ))),
+            }
+        }
+    }
+}
+
+fn hcm_filter(hcm: Any) -> Filter {
+    Filter {
+        name: HCM_FILTER.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(hcm)),
+    }
+}
+
+fn chains_for(mode: MtlsMode, port: Option<u32>, filter: &Filter) -> Vec<FilterChain> {
     let chain = |transport: &str, socket: Option<TransportSocket>| FilterChain {
         name: format!(
             "{}{transport}",
@@ -80,10 +128,7 @@ fn chains_for(mode: MtlsMode, port: Option<u32>, hcm: &Any) -> Vec<FilterChain> 
             transport_protocol: transport.to_string(),
             ..FilterChainMatch::default()
         }),
-        filters: vec![Filter {
-            name: HCM_FILTER.to_string(),
-            config_type: Some(filter::ConfigType::TypedConfig(hcm.clone())),
-        }],
+        filters: vec![filter.clone()],
         transport_socket: socket,
         ..FilterChain::default()
     };
@@ -94,7 +139,8 @@ fn chains_for(mode: MtlsMode, port: Option<u32>, hcm: &Any) -> Vec<FilterChain> 
     }
 }
 
-fn hcm(reg: &Registry, proxy: &ProxyInfo) -> Any {
+/// The inbound HTTP connection manager: JWT, RBAC, Mixer, then the router to `cluster`.
+fn hcm(reg: &Registry, proxy: &ProxyInfo, cluster: &str, stat_port: u32) -> Any {
     let mut filters = Vec::new();
     if let Some(jwt) = jwt_config(reg, proxy) {
         filters.push(http_filter_of(JWT_FILTER, pack(&type_name(&jwt), &jwt)));
@@ -120,7 +166,7 @@ fn hcm(reg: &Registry, proxy: &ProxyInfo) -> Any {
                 }),
                 action: Some(route::Action::Route(RouteAction {
                     cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                        INBOUND_PASSTHROUGH.to_string(),
+                        cluster.to_string(),
                     )),
                     ..RouteAction::default()
                 })),
@@ -135,7 +181,7 @@ fn hcm(reg: &Registry, proxy: &ProxyInfo) -> Any {
         ..RouteConfiguration::default()
     };
     let hcm = HttpConnectionManager {
-        stat_prefix: format!("inbound_0.0.0.0_{INBOUND_PORT}"),
+        stat_prefix: format!("inbound_0.0.0.0_{stat_port}"),
         codec_type: http_connection_manager::CodecType::Auto as i32,
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
             route_config,

@@ -28,6 +28,7 @@ mod proxy_info;
 mod rbac;
 mod resources;
 mod route_table;
+mod sidecar_ingress;
 mod sidecar_scope;
 mod tcp;
 mod traffic;
@@ -50,6 +51,7 @@ pub use passthrough::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 pub use peer_authn::{MtlsMode, MtlsSettings, mtls_settings};
 pub use proxy_info::{ProxyInfo, ProxyInfoError, ProxyType};
 pub use resources::{EncodedResource, TypeResources, XdsType, pack};
+pub use sidecar_ingress::{inbound_cluster_name, ingress_clusters};
 pub use sidecar_scope::{ScopedClusters, proxy_view};
 pub use tcp::{PortProtocol, TCP_PROXY_FILTER, port_protocol};
 
@@ -157,6 +159,12 @@ pub fn translate(reg: &Registry, proxy: &ProxyInfo, opts: &Options) -> ProxyConf
             clusters.extend(passthrough::special_clusters());
             clusters.sort_by(|a, b| a.name.cmp(&b.name));
         }
+    }
+    // Sidecar `ingress[]`: the `inbound|PORT||` clusters (sidecar_ingress.rs).
+    let ingress = sidecar_ingress::ingress_clusters(reg, proxy);
+    if !ingress.is_empty() {
+        clusters.extend(ingress);
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
     }
     let (listeners, routes, skipped) = translate_proxy(reg, proxy, opts);
     ProxyConfig {
@@ -267,6 +275,8 @@ pub fn translate_proxy(
             .push(passthrough::catch_all_virtual_host(*policy));
     }
     access_log::add_access_logs(&mut listeners, &logs);
+    // Sidecar `ingress[]` entries that cannot be translated.
+    skipped.extend(sidecar_ingress::left_out(full, proxy));
     skipped.sort_by(|a, b| a.virtual_service.cmp(&b.virtual_service));
     skipped.dedup();
     (listeners, routes, skipped)
@@ -274,6 +284,8 @@ pub fn translate_proxy(
 
 #[cfg(test)]
 mod security_tests;
+#[cfg(test)]
+mod sidecar_ingress_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

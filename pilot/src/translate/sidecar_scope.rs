@@ -35,7 +35,8 @@ pub fn proxy_view(reg: &Registry, proxy: &ProxyInfo) -> Option<(Registry, Option
 pub struct ScopedClusters {
     /// Names of the shared clusters the proxy sees.
     pub names: BTreeSet<String>,
-    /// `PassthroughCluster` and `BlackHoleCluster` when the Sidecar sets an outbound policy.
+    /// `PassthroughCluster` and `BlackHoleCluster` when the Sidecar sets an outbound policy, and
+    /// the `inbound|PORT||` clusters of its `ingress[]`.
     pub extra: Vec<EncodedResource>,
 }
 
@@ -49,15 +50,19 @@ impl ScopedClusters {
             .into_iter()
             .map(|c| c.name)
             .collect();
-        let extra = if outbound.is_some() {
-            TypeResources::encode(
-                type_url::CLUSTER,
-                special_clusters().into_iter().map(|c| (c.name.clone(), c)),
-            )
-            .resources
+        let mut extra = if outbound.is_some() {
+            special_clusters()
         } else {
             Vec::new()
         };
+        // Sidecar `ingress[]`: `inbound|PORT||` (the same for every proxy of the key: the
+        // Sidecar is chosen by labels the key holds, and the clusters hold no instance IP).
+        extra.extend(super::sidecar_ingress::ingress_clusters(reg, proxy));
+        let extra = TypeResources::encode(
+            type_url::CLUSTER,
+            extra.into_iter().map(|c| (c.name.clone(), c)),
+        )
+        .resources;
         Some(ScopedClusters { names, extra })
     }
 

@@ -31,7 +31,7 @@ use serde_json::Value;
 
 pub use jwks::JwksCache;
 pub use jwt::{JwtError, JwtFilter, VerifiedJwt};
-pub use mode::{MtlsMode, PortModes, TLS_HANDSHAKE, sniff_tls};
+pub use mode::{IngressTarget, MtlsMode, PortModes, TLS_HANDSHAKE, sniff_tls};
 pub use rbac::{RbacAction, RbacFilter};
 
 /// The listener Pilot sends with the inbound security config.
@@ -164,7 +164,7 @@ impl InboundPolicy {
     /// Compiles the `virtualInbound` listener: modes from its filter chains, JWT and RBAC from
     /// the HTTP filters of its first HTTP connection manager (every chain carries the same).
     pub fn decode(l: &Listener) -> Result<InboundPolicy, DecodeError> {
-        let modes = PortModes::from_chains(&l.filter_chains)?;
+        let modes = PortModes::from_listener(l)?;
         let mut jwt = None;
         let mut rbac = Vec::new();
         let hcm = l

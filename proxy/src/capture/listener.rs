@@ -13,7 +13,9 @@ use crate::authz::MtlsMode;
 use crate::http::{HttpLimits, InboundServer, ProxyContext, serve_captured_http};
 use crate::xds::Config;
 
+use super::client_hello::peek_mesh_tls;
 use super::dispatch::{OutboundPolicy, PortKind, port_kind};
+use super::ingress::app_for;
 use super::original_dst::SharedOriginalDst;
 use super::sniff::{Sniffed, peek_sniff, sniff};
 
@@ -146,17 +148,41 @@ pub async fn serve_capture_outbound(
 
 /// Serves the inbound capture listener until `shutdown`: like the inbound listener, with the
 /// peer authentication mode of the original destination's port, and requests and streams
-/// sent to the application on that port (at `--app-addr`'s IP).
+/// sent to the application on that port (at `--app-addr`'s IP), or, for a port of a Sidecar's
+/// `ingress[]`, to its `defaultEndpoint` (see [`super::ingress`]).
 ///
 /// Unless the port is STRICT, the first bytes are peeked at first (as Envoy's inspectors do
-/// on `virtualInbound`): HTTP (and, PERMISSIVE, a TLS handshake: mTLS from a sidecar) goes to
-/// the inbound server; anything else, or a client silent for the sniff wait (a server-first
+/// on `virtualInbound`): HTTP (and, PERMISSIVE, a TLS handshake offering a mesh ALPN: mTLS from
+/// a sidecar, see [`super::client_hello`]) goes to the inbound server; anything else (the
+/// application's own TLS included), or a client silent for the sniff wait (a server-first
 /// protocol), is spliced to the application as plaintext TCP.
 pub async fn serve_capture_inbound(
     listener: TcpListener,
     ctx: Arc<ProxyContext>,
     capture: CaptureConfig,
     shutdown: impl Future<Output = ()>,
+) {
+    serve_inbound_loop(listener, ctx, capture, shutdown, false).await
+}
+
+/// Serves an inbound listener the proxy bound itself (a Sidecar ingress `bind` /
+/// `captureMode: NONE` address) until `shutdown`: as the capture listener, with each
+/// connection's own local address as its destination.
+pub async fn serve_inbound_on(
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+    capture: CaptureConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_inbound_loop(listener, ctx, capture, shutdown, true).await
+}
+
+async fn serve_inbound_loop(
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+    capture: CaptureConfig,
+    shutdown: impl Future<Output = ()>,
+    explicit: bool,
 ) {
     let inbound = InboundServer::new(capture.limits);
     // Connections whose sniffing chose the inbound server come back here to be served by it.
@@ -177,11 +203,26 @@ pub async fn serve_capture_inbound(
             }
             _ = &mut shutdown => break,
         };
-        let Some(original) = original_of(&ctx, &capture, &stream, "inbound") else {
-            continue;
+        let original = if explicit {
+            match stream.local_addr() {
+                Ok(a) => a,
+                Err(_) => continue,
+            }
+        } else {
+            match original_of(&ctx, &capture, &stream, "inbound") {
+                Some(a) => a,
+                None => continue,
+            }
         };
-        let app = SocketAddr::new(ctx.app_addr.ip(), original.port());
-        let mode = inbound_mode(&ctx.config.load(), original.port());
+        let config = ctx.config.load();
+        let app = app_for(
+            &config,
+            original.port(),
+            original,
+            SocketAddr::new(ctx.app_addr.ip(), original.port()),
+        );
+        let mode = inbound_mode(&config, original.port());
+        drop(config);
         if mode == MtlsMode::Strict {
             ctx.metrics.captured("inbound", "declared", "inbound");
             tokio::spawn(inbound.connection(ctx.clone(), stream, remote, original, app));
@@ -192,9 +233,14 @@ pub async fn serve_capture_inbound(
         let wait = capture.sniff_wait;
         tokio::spawn(async move {
             let sniffed = peek_sniff(&stream, wait).await;
+            // PERMISSIVE: TLS without a mesh ALPN is the application's own TLS.
+            let app_tls = sniffed == Sniffed::Tls
+                && mode == MtlsMode::Permissive
+                && !peek_mesh_tls(&stream, wait).await;
+            let target = if app_tls { "app_tls" } else { "inbound" };
             ctx.metrics
-                .captured("inbound", protocol_label(sniffed), "inbound");
-            if inbound_is_served(mode, sniffed) {
+                .captured("inbound", protocol_label(sniffed), target);
+            if !app_tls && inbound_is_served(mode, sniffed) {
                 let _ = to_server.send(InboundHandoff {
                     stream,
                     remote,

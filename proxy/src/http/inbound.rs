@@ -74,6 +74,8 @@ pub async fn handle(
         .flatten()
         .unwrap_or_else(|| Service::from_host(&authority, &ctx.workload.namespace));
     strip_peer_headers(req.headers_mut());
+    // A Sidecar `ingress[]` port: its `defaultEndpoint` rather than the application's port.
+    let (app, app_port) = target(&ctx.config.load(), conn, &authority, &service_labels.fqdn);
     let request_size = content_length(req.headers());
     // Early, so the access log line and the application see the same id.
     ensure_request_id(req.headers_mut());
@@ -82,15 +84,15 @@ pub async fn handle(
         let mut e = AccessLogEntry::start(&req, Some(remote), Reporter::Destination, request_bytes);
         e.downstream_peer_principal = non_empty(peer);
         // Istio's inbound cluster for the application's port.
-        e.upstream_cluster = Some(format!("inbound|{}||", conn.app.port()));
-        e.upstream_host = Some(conn.app.to_string());
+        e.upstream_cluster = Some(format!("inbound|{app_port}||"));
+        e.upstream_host = Some(app.to_string());
         e
     });
     // This hop's SERVER span, a child of the caller's CLIENT span.
     let span = ctx.tracer.as_ref().map(|t| {
         let port = service_port(&authority, &service_labels.fqdn)
             .or_else(|| endpoint_port(&ctx.config.load(), &service_labels.fqdn, conn.local))
-            .unwrap_or(conn.app.port());
+            .unwrap_or(app_port);
         t.start(HopRequest {
             kind: HopKind::Server,
             name: server_span_name(&service_labels.fqdn, port),
@@ -215,7 +217,7 @@ pub async fn handle(
     if let Some(p) = &propagation {
         p.inject(headers);
     }
-    let mut resp = match ctx.upstream.send(conn.app, None, req).await {
+    let mut resp = match ctx.upstream.send(app, None, req).await {
         Ok(r) => r,
         Err(e) => {
             ctx.metrics.upstream_error("app");
@@ -227,7 +229,7 @@ pub async fn handle(
                 flag,
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("application at {}: {e}", conn.app),
+                    format!("application at {app}: {e}"),
                 ),
             );
         }
@@ -246,6 +248,37 @@ pub async fn handle(
         mixer.report(bag);
     }
     finish(flags::NONE, streamed(resp))
+}
+
+/// Where a request on `conn` goes, and the port of its `inbound|PORT||` cluster: the endpoint
+/// of the Sidecar ingress entry for the port the connection arrived on; on the local-mode
+/// inbound listener (whose own port is neither the application's nor a service port: `local`
+/// and `app` ports differ), the entry for the service port the caller addressed (`Host`, else
+/// the service whose endpoint is this listener); else the application (`conn.app`).
+fn target(config: &Config, conn: &InboundConn, authority: &str, fqdn: &str) -> (SocketAddr, u16) {
+    let ingress = |port: u16| {
+        crate::capture::ingress_upstream(config, port, conn.local.ip()).map(|r| match r {
+            Ok(addr) => (addr, port),
+            Err(e) => {
+                tracing::warn!(port, error = %e, "sidecar ingress port: forwarding to the application instead");
+                (conn.app, conn.app.port())
+            }
+        })
+    };
+    let fallback = (conn.app, conn.app.port());
+    if let Some(t) = ingress(conn.local.port()) {
+        return t;
+    }
+    let has_ingress = config
+        .inbound_policy()
+        .is_some_and(|p| !p.modes.ingress.is_empty());
+    if !has_ingress || conn.local.port() == conn.app.port() {
+        return fallback;
+    }
+    service_port(authority, fqdn)
+        .or_else(|| endpoint_port(config, fqdn, conn.local))
+        .and_then(ingress)
+        .unwrap_or(fallback)
 }
 
 /// The service port in `authority` when it names the service `fqdn` (`reviews:9080`,
@@ -282,7 +315,55 @@ fn endpoint_port(config: &Config, fqdn: &str, inbound: SocketAddr) -> Option<u16
 
 #[cfg(test)]
 mod tests {
-    use super::service_port;
+    use super::*;
+
+    fn conn(local: &str, app: &str) -> InboundConn {
+        InboundConn {
+            peer: "".into(),
+            remote: "127.0.0.1:50000".parse().unwrap(),
+            local: local.parse().unwrap(),
+            app: app.parse().unwrap(),
+            mtls: false,
+        }
+    }
+
+    /// Sidecar ingress: by the port the connection arrived on (capture, explicit listeners),
+    /// or on the local-mode inbound listener by the service port the caller addressed.
+    #[test]
+    fn requests_go_to_the_ingress_endpoint_of_their_port() {
+        let fqdn = "details.default.svc.cluster.local";
+        let config = crate::capture::ingress_tests::config(
+            "127.0.0.1:18080".parse().unwrap(),
+            "127.0.0.1:3307".parse().unwrap(),
+            &[],
+        );
+        let ingress: SocketAddr = "127.0.0.1:18080".parse().unwrap();
+        // Captured for port 9080 (app on the original port): the ingress endpoint.
+        let c = conn("10.0.0.5:9080", "127.0.0.1:9080");
+        assert_eq!(target(&config, &c, "details:9080", fqdn), (ingress, 9080));
+        // Local mode: the inbound listener's own port, the service port in Host.
+        let c = conn("127.0.0.1:15006", "127.0.0.1:9999");
+        assert_eq!(target(&config, &c, "details:9080", fqdn), (ingress, 9080));
+        assert_eq!(
+            target(&config, &c, &format!("{fqdn}:9080"), fqdn),
+            (ingress, 9080)
+        );
+        // Another service port, or a Host that is not the service: the application.
+        let app: SocketAddr = "127.0.0.1:9999".parse().unwrap();
+        assert_eq!(target(&config, &c, "details:8080", fqdn), (app, 9999));
+        assert_eq!(target(&config, &c, "127.0.0.1:9080", fqdn), (app, 9999));
+        // Captured for a port without an entry: the application on that port, even when the
+        // Host names an ingress port.
+        let c = conn("10.0.0.5:8080", "127.0.0.1:8080");
+        let own: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(target(&config, &c, "details:9080", fqdn), (own, 8080));
+        // No Sidecar ingress: unchanged.
+        let c = conn("127.0.0.1:15006", "127.0.0.1:9999");
+        assert_eq!(
+            target(&Config::default(), &c, "details:9080", fqdn),
+            (app, 9999)
+        );
+    }
 
     #[test]
     fn service_port_only_when_the_authority_names_the_service() {
