@@ -515,7 +515,11 @@ fn inbound_config(transports: &[&str]) -> Config {
 
 /// An inbound capture listener for `config`; its address, its table, its metrics.
 async fn inbound_capture(config: Config) -> Capture {
-    let ca = Ca::new();
+    inbound_capture_with(config, &Ca::new()).await
+}
+
+/// [`inbound_capture`] with the workload certificate from `ca`.
+async fn inbound_capture_with(config: Config, ca: &Ca) -> Capture {
     let metrics = mesh_runtime::Metrics::default();
     let ctx = testkit::context(
         config,
@@ -620,4 +624,108 @@ async fn inbound_capture_modes_decide_what_plaintext_gets() {
     assert!(inbound_is_served(Disable, Sniffed::Http1));
     assert!(!inbound_is_served(Permissive, Sniffed::Tcp));
     assert!(inbound_is_served(Strict, Sniffed::Tcp));
+}
+
+/// The first flight of an application's own TLS client offering `alpn`.
+fn app_client_hello(alpn: Vec<Vec<u8>>) -> Vec<u8> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn;
+    let mut conn = rustls::ClientConnection::new(
+        Arc::new(cfg),
+        rustls::pki_types::ServerName::try_from("app.example.com").unwrap(),
+    )
+    .unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// The local-mode inbound listener (`--inbound-addr`, no capture) tells them apart the same
+/// way on a PERMISSIVE port: the application's own TLS is spliced to it untouched.
+#[tokio::test]
+async fn local_mode_inbound_passes_application_tls_through() {
+    let echo = tcp_server(b"").await;
+    let metrics = mesh_runtime::Metrics::default();
+    let ctx = testkit::context(
+        inbound_config(&["tls", "raw_buffer"]),
+        Ca::new().identity("echo"),
+        testkit::node("echo-v1", "echo", "echo"),
+        echo,
+        &metrics,
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(crate::http::serve_inbound(l, ctx, std::future::pending()));
+    let hello = app_client_hello(vec![b"h2".to_vec()]);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&hello).await.unwrap();
+    assert_eq!(read_n(&mut s, hello.len()).await, hello);
+}
+
+/// PERMISSIVE: a TLS ClientHello offering a mesh ALPN is a sidecar's mTLS (the inbound server
+/// terminates it); TLS without one is the application's own TLS, spliced to it untouched.
+/// STRICT keeps terminating every connection.
+#[tokio::test]
+async fn permissive_tells_mesh_mtls_from_application_tls_by_alpn() {
+    let echo = tcp_server(b"").await;
+    let web = http_upstream("app").await;
+    let cap = inbound_capture(inbound_config(&["tls", "raw_buffer"])).await;
+    // The application's TLS client (ALPN h2/http/1.1, then none): its ClientHello reaches the
+    // application byte for byte (the echo sends it back).
+    for alpn in [vec![b"h2".to_vec(), b"http/1.1".to_vec()], vec![]] {
+        let hello = app_client_hello(alpn);
+        let mut s = connect_as(&cap.table, cap.addr, fake(7, echo.port())).await;
+        s.write_all(&hello).await.unwrap();
+        assert_eq!(read_n(&mut s, hello.len()).await, hello);
+    }
+    wait_for_line(
+        &cap.metrics,
+        &[
+            "proxy_capture_connections_total",
+            "protocol=\"tls\"",
+            "target=\"app_tls\"",
+            "} 2",
+        ],
+    )
+    .await;
+    // A sidecar's mTLS (ALPN `istio`, `http/1.1`): terminated, the request reaches the app.
+    let ca = Ca::new();
+    let cap = inbound_capture_with(inbound_config(&["tls", "raw_buffer"]), &ca).await;
+    let client_id = ca.identity("client");
+    let tls = client_id.client_config(&[testkit::spiffe("echo")]);
+    let cfg = crate::http::alpn::client_config(&tls, crate::http::alpn::HopProtocol::Http1);
+    let s = connect_as(&cap.table, cap.addr, fake(7, web.port())).await;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(cap.addr.ip().into()),
+            s,
+        )
+        .await
+        .unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/x")
+        .header("host", "echo.default.svc.cluster.local")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    wait_for_line(
+        &cap.metrics,
+        &[
+            "proxy_capture_connections_total",
+            "protocol=\"tls\"",
+            "target=\"inbound\"",
+            "} 1",
+        ],
+    )
+    .await;
 }

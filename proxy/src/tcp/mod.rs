@@ -2,6 +2,7 @@
 //! Service ports of a TCP protocol), the mTLS hop between sidecars (ALPN `istio-tcp`), and the
 //! inbound splice to the application, with Istio's TCP metrics.
 
+mod client_hello;
 mod counted;
 mod envoy;
 mod inbound;
@@ -11,6 +12,7 @@ mod outbound;
 mod passthrough;
 mod sni;
 
+pub(crate) use client_hello::{Peeked, with_client_hello};
 pub use envoy::{TCP_PROXY_FILTER, decode_tcp_proxy};
 pub use inbound::{serve_inbound, serve_inbound_plaintext};
 pub use metrics::{TcpLabels, TcpMetrics};

@@ -1,5 +1,7 @@
 //! The server name (SNI) of a TLS ClientHello, read from the first bytes of a connection
-//! without terminating TLS (passthrough by SNI).
+//! without terminating TLS (passthrough by SNI), by [`super::client_hello`].
+
+use super::client_hello::{Peeked, with_client_hello};
 
 /// What the bytes so far say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,93 +14,16 @@ pub enum Sni {
     NeedMore,
 }
 
-/// Largest ClientHello record read while looking for the name.
-pub const MAX_HELLO: usize = 16 * 1024 + 5;
+pub use super::client_hello::MAX_HELLO;
 
-struct Reader<'a> {
-    b: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.b.len() < n {
-            return None;
-        }
-        let (h, t) = self.b.split_at(n);
-        self.b = t;
-        Some(h)
-    }
-    fn u8(&mut self) -> Option<usize> {
-        self.take(1).map(|b| usize::from(b[0]))
-    }
-    fn u16(&mut self) -> Option<usize> {
-        self.take(2)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-    }
-    fn vec8(&mut self) -> Option<&'a [u8]> {
-        let n = self.u8()?;
-        self.take(n)
-    }
-    fn vec16(&mut self) -> Option<&'a [u8]> {
-        let n = self.u16()?;
-        self.take(n)
-    }
-}
-
-/// Parses the SNI from `buf`, the first bytes of a connection (only the first TLS record is
-/// read; ClientHellos spanning several records are treated as having no name).
+/// Parses the SNI from `buf`, the first bytes of a connection (a ClientHello split over several
+/// handshake records is read too), lower-cased.
 pub fn parse(buf: &[u8]) -> Sni {
-    if buf.is_empty() {
-        return Sni::NeedMore;
+    match with_client_hello(buf, |h| h.server_name().map(str::to_ascii_lowercase)) {
+        Peeked::Hello(Some(name)) => Sni::Name(name),
+        Peeked::Hello(None) | Peeked::NotHello => Sni::None,
+        Peeked::Incomplete => Sni::NeedMore,
     }
-    if buf[0] != 0x16 {
-        return Sni::None;
-    }
-    if buf.len() < 5 {
-        return Sni::NeedMore;
-    }
-    let record_len = usize::from(u16::from_be_bytes([buf[3], buf[4]]));
-    if buf.len() < 5 + record_len {
-        return if 5 + record_len > MAX_HELLO {
-            Sni::None
-        } else {
-            Sni::NeedMore
-        };
-    }
-    hello_name(&buf[5..5 + record_len]).map_or(Sni::None, Sni::Name)
-}
-
-fn hello_name(record: &[u8]) -> Option<String> {
-    let mut r = Reader { b: record };
-    if r.u8()? != 1 {
-        return None; // not a ClientHello
-    }
-    let len = r.take(3)?;
-    let len = (usize::from(len[0]) << 16) | (usize::from(len[1]) << 8) | usize::from(len[2]);
-    let mut h = Reader { b: r.take(len)? };
-    h.take(2 + 32)?; // version, random
-    h.vec8()?; // session id
-    h.vec16()?; // cipher suites
-    h.vec8()?; // compression methods
-    let mut exts = Reader { b: h.vec16()? };
-    while !exts.b.is_empty() {
-        let ty = exts.u16()?;
-        let data = exts.vec16()?;
-        if ty != 0 {
-            continue;
-        }
-        let mut list = Reader {
-            b: Reader { b: data }.vec16()?,
-        };
-        while !list.b.is_empty() {
-            let kind = list.u8()?;
-            let name = list.vec16()?;
-            if kind == 0 {
-                return std::str::from_utf8(name).ok().map(str::to_ascii_lowercase);
-            }
-        }
-    }
-    None
 }
 
 #[cfg(test)]
