@@ -11,7 +11,9 @@
 //!   `GRPC_CONCURRENCY` (16) in flight (throughput); the client on the bench's runtime thread,
 //!   the server on a runtime thread of its own, whose Checks per CPU second are printed apart
 //!   (`server thread ... per CPU-s`: the server's rate per core); `MIXER_SERVER=tonic` serves
-//!   through tonic's `Server` (`serve_grpc_tonic`) instead of hyper directly, to compare;
+//!   through tonic's `Server` (`serve_grpc_tonic`) instead of hyper directly, and
+//!   `MIXER_SERVER=generated` through hyper with every call (Check too) in the generated
+//!   `MixerServer` and tonic's codec (`serve_grpc_generated`, the former `serve_grpc`), to compare;
 //! - `report record`: `handle_report` with batches of 100 delta-encoded records over the
 //!   telemetry sample alone (prometheus `metrics.yaml`), per record (printed as "Check/s").
 //!
@@ -428,9 +430,13 @@ fn main() {
                     let _ = stopped.await;
                 };
                 // MIXER_SERVER=tonic: through tonic's `Server` instead, to compare.
-                if std::env::var("MIXER_SERVER").is_ok_and(|v| v == "tonic") {
+                let which = std::env::var("MIXER_SERVER").unwrap_or_default();
+                if which == "tonic" {
                     let _ =
                         mixer::server::serve_grpc_tonic(listener, server_service, stopped).await;
+                } else if which == "generated" {
+                    let _ = mixer::server::serve_grpc_generated(listener, server_service, stopped)
+                        .await;
                 } else {
                     let _ = mixer::server::serve_grpc(listener, server_service, stopped).await;
                 }
@@ -444,6 +450,16 @@ fn main() {
             .unwrap();
 
         let mut c = client.clone();
+        // The server decides the mix as in process (and grants the rate-limit quota).
+        let mut codes = Vec::new();
+        for r in &reqs {
+            let resp = c.check(r.clone()).await.unwrap().into_inner();
+            codes.push(resp.precondition.unwrap().status.unwrap().code);
+            for (name, q) in &r.quotas {
+                assert_eq!(resp.quotas[name].granted_amount, q.amount, "quota {name}");
+            }
+        }
+        assert_eq!(codes, [0, 0, 0, 5, 0], "bookinfo decisions over gRPC");
         let mut lat = Vec::new();
         let started = Start::with_server(server_tid);
         let mut i = 0;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use mesh_proto::attributes::{Bag, Value, decompress_with_word_count};
 use mesh_proto::dictionary;
 use mesh_proto::google::rpc::Status as RpcStatus;
+use mesh_proto::istio::mixer::v1::check_request::QuotaParams;
 use mesh_proto::istio::mixer::v1::check_response::{PreconditionResult, QuotaResult};
 use mesh_proto::istio::mixer::v1::referenced_attributes::{AttributeMatch, Condition};
 use mesh_proto::istio::mixer::v1::{CheckRequest, CheckResponse, ReferencedAttributes};
@@ -16,6 +17,7 @@ use crate::adapter::{Adapter, Verdict, code_name};
 use crate::config::policy::{CompiledRule, DEFAULT_CONFIG_NAMESPACE};
 use crate::config::{Policy, Workload};
 use crate::expr::{Attributes, Read, Reference, eval_bool_reads, eval_value_reads};
+use crate::wire::WireCheck;
 
 /// How long a client may reuse an answer that no adapter limited.
 pub const DEFAULT_VALID_DURATION: Duration = Duration::from_secs(60);
@@ -109,12 +111,29 @@ pub fn check_with_quotas(policy: &Policy, req: &CheckRequest) -> Result<Checked,
         Some(a) => decompress_with_word_count(a, words)?,
         None => Bag::new(),
     };
-    mesh_proto::attributes::check_types(&bag)?;
-    let attrs = CheckAttributes::new(policy, &bag);
-    let mut o = decide_reads(policy, &attrs, |name| req.quotas.contains_key(name));
+    check_bag(policy, &bag, &req.quotas)
+}
+
+/// [`check_with_quotas`] of a request read from its bytes ([`WireCheck`]): the same checks in
+/// the same order (dictionary size, word indexes, vocabulary types), then the same decision.
+pub fn check_wire(policy: &Policy, req: &WireCheck<'_>) -> Result<Checked, RequestError> {
+    let words = word_count(req.global_word_count)?;
+    let bag = req.bag(words)?;
+    check_bag(policy, &bag, &req.quotas)
+}
+
+/// Decides a decoded bag with the quotas the request asks for.
+fn check_bag(
+    policy: &Policy,
+    bag: &Bag,
+    requested: &HashMap<String, QuotaParams>,
+) -> Result<Checked, RequestError> {
+    mesh_proto::attributes::check_types(bag)?;
+    let attrs = CheckAttributes::new(policy, bag);
+    let mut o = decide_reads(policy, &attrs, |name| requested.contains_key(name));
     let mut quotas = HashMap::new();
     if o.code == 0 {
-        for (name, q) in &req.quotas {
+        for (name, q) in requested {
             if o.calls.iter().any(|c| &c.quota == name) {
                 continue;
             }

@@ -10,6 +10,8 @@
 //!   to the prometheus, stdio and opentelemetry adapters.
 //! - [`dedup`]: the bounded memory of Check deduplication ids.
 //! - [`server`]: the gRPC service.
+//! - [`wire`]: a `CheckRequest` read straight from its bytes (no intermediate maps).
+//! - [`unary`]: the HTTP/2 glue of `serve_grpc` (Check answered without tonic's codec).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`service`]: [`run`], which binds, serves and stops the whole process.
 
@@ -25,6 +27,8 @@ pub mod quota;
 pub mod report;
 pub mod server;
 pub mod service;
+pub mod unary;
+pub mod wire;
 
 pub use server::MixerService;
 pub use service::{Config, RunError, run};

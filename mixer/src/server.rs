@@ -1,10 +1,11 @@
 //! The `istio.mixer.v1.Mixer` gRPC service: Check (with deduplication) and Report.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use mesh_proto::istio::mixer::v1::check_request::QuotaParams;
 use mesh_proto::istio::mixer::v1::mixer_server::{Mixer, MixerServer};
 use mesh_proto::istio::mixer::v1::{CheckRequest, CheckResponse, ReportRequest, ReportResponse};
 use parking_lot::Mutex;
@@ -12,12 +13,14 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 use crate::adapter::prometheus::PrometheusSink;
-use crate::check::check_with_quotas;
-use crate::config::PolicyHandle;
+use crate::check::{Checked, RequestError, check_wire, check_with_quotas};
+use crate::config::{Policy, PolicyHandle};
 use crate::dedup::Dedup;
 use crate::metrics::MixerMetrics;
 use crate::quota::QuotaBackends;
 use crate::report::{ReportAdapters, dispatch, report};
+use crate::unary::GrpcService;
+use crate::wire::WireCheck;
 
 /// How many Check deduplication ids are remembered.
 pub const DEDUP_CAPACITY: usize = 10_000;
@@ -54,7 +57,37 @@ impl MixerService {
 
     /// Answers a Check; a repeated non-empty `deduplication_id` gets the remembered answer.
     pub async fn handle_check(&self, req: &CheckRequest) -> Result<CheckResponse, Status> {
-        let id = req.deduplication_id.as_str();
+        self.answer_check(&req.deduplication_id, &req.quotas, |policy| {
+            check_with_quotas(policy, req)
+        })
+        .await
+    }
+
+    /// [`MixerService::handle_check`] of a request's protobuf bytes, read without prost's
+    /// intermediate maps ([`WireCheck`]); bytes that are no `CheckRequest` are INVALID_ARGUMENT.
+    pub async fn handle_check_bytes(&self, bytes: &[u8]) -> Result<CheckResponse, Status> {
+        let req = match WireCheck::parse(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "check rejected");
+                self.metrics
+                    .check_answered_code(tonic::Code::InvalidArgument as i32);
+                return Err(Status::invalid_argument(e.to_string()));
+            }
+        };
+        self.answer_check(req.deduplication_id, &req.quotas, |policy| {
+            check_wire(policy, &req)
+        })
+        .await
+    }
+
+    /// Dedup, decision (`decide`), quota allocation, metrics.
+    async fn answer_check(
+        &self,
+        id: &str,
+        requested: &HashMap<String, QuotaParams>,
+        decide: impl FnOnce(&Policy) -> Result<Checked, RequestError>,
+    ) -> Result<CheckResponse, Status> {
         if !id.is_empty()
             && let Some(previous) = self.dedup.lock().get(id)
         {
@@ -62,14 +95,14 @@ impl MixerService {
             return Ok(previous);
         }
         let policy = self.policy.current();
-        let result = check_with_quotas(&policy, req);
+        let result = decide(&policy);
         match result {
             Ok(checked) => {
                 let mut resp = checked.response;
                 if !checked.quota_calls.is_empty() {
                     let granted = self
                         .quotas
-                        .allocate(&policy, &checked.quota_calls, &req.quotas, id)
+                        .allocate(&policy, &checked.quota_calls, requested, id)
                         .await;
                     resp.quotas.extend(granted);
                 }
@@ -91,6 +124,11 @@ impl MixerService {
                 Err(status)
             }
         }
+    }
+
+    /// Counts a Check answered with `code` before it reached the service (a bad frame).
+    pub fn count_check_code(&self, code: i32) {
+        self.metrics.check_answered_code(code);
     }
 
     /// Answers a Report.
@@ -151,17 +189,33 @@ const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 /// Serves `service` on `listener` until `shutdown` resolves, then lets the open calls finish.
 ///
-/// Served by hyper's HTTP/2 connection directly (the generated `MixerServer` is the only
-/// service, so tonic's router and transport layers are left out): per connection
+/// Served by hyper's HTTP/2 connection directly with [`GrpcService`]: Check without tonic's
+/// codec, everything else through the generated `MixerServer` (tonic's router and transport
+/// layers are left out); per connection
 /// `TCP_NODELAY`, 1 MiB stream / 8 MiB connection windows, 1024 concurrent streams.
 pub async fn serve_grpc(
     listener: TcpListener,
     service: MixerService,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let svc = tower::ServiceBuilder::new()
-        .map_response(decode_errors_are_invalid_argument::<tonic::body::Body>)
-        .service(MixerServer::new(service));
+    serve_hyper(listener, GrpcService::new(service), shutdown).await
+}
+
+/// [`serve_grpc`] with every call, Check included, through the generated `MixerServer` and
+/// tonic's codec (the former path, kept to compare with in the bench).
+pub async fn serve_grpc_generated(
+    listener: TcpListener,
+    service: MixerService,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_hyper(listener, GrpcService::generated(service), shutdown).await
+}
+
+async fn serve_hyper(
+    listener: TcpListener,
+    svc: GrpcService,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -187,8 +241,7 @@ pub async fn serve_grpc(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        let conn =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc.clone()));
+        let conn = builder.serve_connection(TokioIo::new(stream), svc.clone());
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -307,6 +307,30 @@ async fn malformed_requests_are_rejected_not_panicked() {
 }
 
 #[tokio::test]
+async fn a_check_over_4_mib_is_refused_and_the_server_goes_on() {
+    let mut h = start().await;
+    let mut attrs = compress(&request_bag("v1"));
+    attrs.words.push("x".repeat(5 * 1024 * 1024));
+    let err = h
+        .client
+        .check(CheckRequest {
+            attributes: Some(attrs),
+            global_word_count: dictionary::words().len() as u32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    let ok = h
+        .client
+        .check(check_request(&request_bag("v1"), ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.precondition.unwrap().status.unwrap_or_default().code, 0);
+}
+
+#[tokio::test]
 async fn report_counts_delta_encoded_records() {
     let mut h = start().await;
     let a = request_bag("v1").with("response.code", 200i64);

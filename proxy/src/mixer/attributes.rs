@@ -6,6 +6,8 @@ use std::time::Duration;
 use http::HeaderMap;
 use mesh_proto::attributes::Bag;
 
+use crate::http::Service;
+
 /// What the proxy knows about a request when it calls Check.
 #[derive(Debug, Clone)]
 pub struct RequestAttributes<'a> {
@@ -54,6 +56,15 @@ impl RequestAttributes<'_> {
         bag.set("connection.mtls", self.mtls);
         bag
     }
+}
+
+/// Sets `destination.service.host`/`.name`/`.namespace` from the routed cluster's Istio
+/// service metadata (Pilot's `filter_metadata["istio"]["services"]`), over the host-derived
+/// `destination.service.host` of [`RequestAttributes::to_bag`].
+pub fn set_destination_service(bag: &mut Bag, service: &Service) {
+    bag.set("destination.service.host", &*service.fqdn);
+    bag.set("destination.service.name", &*service.name);
+    bag.set("destination.service.namespace", &*service.namespace);
 }
 
 /// Adds the Report-only attributes to a Check bag.
@@ -107,5 +118,50 @@ mod tests {
         assert_eq!(bag.get_int64("response.code"), Some(200));
         let c = mesh_proto::attributes::compress(&bag);
         assert_eq!(mesh_proto::attributes::decompress(&c).unwrap(), bag);
+    }
+
+    #[test]
+    fn cluster_service_metadata_names_the_destination_service() {
+        let h = HeaderMap::new();
+        let a = RequestAttributes {
+            reporter_kind: "outbound",
+            source_principal: None,
+            destination_principal: None,
+            source_uid: Some("kubernetes://ingress.istio-system"),
+            destination_uid: None,
+            destination_service_host: "productpage.example.com",
+            host: "bookinfo.example.com",
+            path: "/productpage",
+            method: "GET",
+            headers: &h,
+            mtls: false,
+        };
+        // Without metadata: the host as now, no name/namespace.
+        let bag = a.to_bag();
+        assert_eq!(
+            bag.get_string("destination.service.host"),
+            Some("productpage.example.com")
+        );
+        assert!(!bag.contains("destination.service.name"));
+        // With the cluster's metadata: its host, name and namespace (not the host's labels).
+        let mut bag = a.to_bag();
+        let svc = Service {
+            fqdn: "productpage.bookinfo.svc.cluster.local".into(),
+            name: "productpage-svc".into(),
+            namespace: "bookinfo".into(),
+        };
+        set_destination_service(&mut bag, &svc);
+        assert_eq!(
+            bag.get_string("destination.service.host"),
+            Some("productpage.bookinfo.svc.cluster.local")
+        );
+        assert_eq!(
+            bag.get_string("destination.service.name"),
+            Some("productpage-svc")
+        );
+        assert_eq!(
+            bag.get_string("destination.service.namespace"),
+            Some("bookinfo")
+        );
     }
 }

@@ -9,7 +9,7 @@ mod client;
 mod config;
 mod quota;
 
-pub use attributes::{RequestAttributes, add_response};
+pub use attributes::{RequestAttributes, add_response, set_destination_service};
 pub use cache::{CacheStats, CheckCache};
 pub use client::{CheckOutcome, DEFAULT_CHECK_TIMEOUT, MixerClient, MixerError};
 pub use config::{
