@@ -123,7 +123,7 @@ pub struct RequestRecorder {
     request_bytes: HistogramFamily,
     response_bytes: HistogramFamily,
     /// The series by label set: one lookup per request instead of one per family.
-    series: RwLock<HashMap<RequestLabels, Arc<RequestSeries>>>,
+    series: RwLock<HashMap<RequestLabels, Arc<RequestSeries>, foldhash::fast::RandomState>>,
 }
 
 impl RequestRecorder {

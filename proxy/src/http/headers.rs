@@ -1,5 +1,8 @@
 //! Header handling on the forwarding path: hop-by-hop removal, request ids, the authority.
 
+use std::cell::RefCell;
+
+use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, HOST, HeaderName, HeaderValue};
 use http::{HeaderMap, Request};
 use rand::Rng;
@@ -111,9 +114,31 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
     let n: u128 = rand::rng().random();
     // Version 4, variant 10xx.
     let n = (n & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    if let Ok(v) = HeaderValue::from_bytes(&uuid_text(n)) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(id_bytes(&uuid_text(n))) {
         headers.insert(X_REQUEST_ID.clone(), v);
     }
+}
+
+/// Request ids per shared block: one allocation serves this many ids.
+const IDS_PER_BLOCK: usize = 64;
+
+thread_local! {
+    /// The unused rest of the current block of request ids.
+    static ID_BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// `text` in shared bytes carved from a per-thread block: no allocation per id, and a clone
+/// of the header (a retry's copy of the request head) only counts a reference. A block is freed
+/// once every id cut from it is dropped.
+fn id_bytes(text: &[u8; 36]) -> Bytes {
+    ID_BLOCK.with(|block| {
+        let mut block = block.borrow_mut();
+        if block.capacity() < text.len() {
+            *block = BytesMut::with_capacity(text.len() * IDS_PER_BLOCK);
+        }
+        block.extend_from_slice(text);
+        block.split().freeze()
+    })
 }
 
 /// `n` as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (lower-case hex), without allocating.
@@ -129,6 +154,48 @@ fn uuid_text(n: u128) -> [u8; 36] {
         *slot = HEX[((n >> (nibble * 4)) & 0xf) as usize];
     }
     out
+}
+
+/// A request's authority, shared with the request (no copy): the absolute-form URI's, else
+/// the `Host` header's (non-empty, visible ASCII). Reads as a `&str`.
+#[derive(Debug, Clone)]
+pub enum Authority {
+    Uri(http::uri::Authority),
+    Host(HeaderValue),
+}
+
+impl Authority {
+    /// The authority of `req`, as [`authority`] finds it.
+    pub fn of<B>(req: &Request<B>) -> Option<Self> {
+        if let Some(a) = req.uri().authority() {
+            return Some(Authority::Uri(a.clone()));
+        }
+        req.headers()
+            .get(HOST)
+            .filter(|h| !h.is_empty() && h.to_str().is_ok())
+            .map(|h| Authority::Host(h.clone()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Authority::Uri(a) => a.as_str(),
+            // Checked to be text when taken.
+            Authority::Host(h) => h.to_str().unwrap_or_default(),
+        }
+    }
+}
+
+impl std::ops::Deref for Authority {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The request's authority: from an absolute-form URI (proxy form), else the `Host` header.
@@ -221,6 +288,49 @@ mod tests {
         );
         ensure_request_id(&mut h);
         assert_eq!(h[&X_REQUEST_ID], id);
+    }
+
+    #[test]
+    fn request_ids_share_blocks_and_stay_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..3 * IDS_PER_BLOCK {
+            let mut h = HeaderMap::new();
+            ensure_request_id(&mut h);
+            let id = h[&X_REQUEST_ID].to_str().unwrap().to_string();
+            assert_eq!(id.len(), 36);
+            assert!(seen.insert(id), "ids repeat");
+        }
+        // Cut from one block: consecutive ids sit next to each other.
+        let a = id_bytes(&[b'a'; 36]);
+        let b = id_bytes(&[b'b'; 36]);
+        assert_eq!(&a[..], &[b'a'; 36][..]);
+        assert_eq!(&b[..], &[b'b'; 36][..]);
+        let (pa, pb) = (a.as_ptr() as usize, b.as_ptr() as usize);
+        assert!(
+            pb == pa + 36 || pb < pa || pb > pa + 36 * IDS_PER_BLOCK,
+            "same or new block"
+        );
+    }
+
+    #[test]
+    fn authority_shared_from_proxy_form_or_host() {
+        let r = Request::get("http://reviews:9080/x").body(()).unwrap();
+        assert_eq!(Authority::of(&r).as_deref(), Some("reviews:9080"));
+        let r = Request::get("/x")
+            .header("host", "details")
+            .body(())
+            .unwrap();
+        let a = Authority::of(&r).unwrap();
+        assert_eq!(&*a, "details");
+        assert_eq!(a.to_string(), "details");
+        let r = Request::get("/x").header("host", "").body(()).unwrap();
+        assert!(Authority::of(&r).is_none());
+        let r = Request::get("/x")
+            .header("host", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap())
+            .body(())
+            .unwrap();
+        assert!(Authority::of(&r).is_none(), "not text");
+        assert!(Authority::of(&Request::get("/x").body(()).unwrap()).is_none());
     }
 
     #[test]

@@ -4,14 +4,13 @@
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
-use http_body_util::{BodyExt, Full};
 use rand::Rng;
 
 use crate::routing::Mirror;
 
 use super::context::ProxyContext;
 use super::retry::RequestHead;
-use super::upstream::BoxError;
+use super::upstream::UpstreamBody;
 
 /// `reviews:9080` → `reviews-shadow:9080`; `reviews` → `reviews-shadow`.
 pub fn shadow_host(host: &str) -> String {
@@ -52,11 +51,7 @@ pub fn send(ctx: &ProxyContext, mirrors: &[Mirror], head: &RequestHead, body: &B
                 None => continue,
             },
         };
-        let mut req = http::Request::new(
-            Full::new(body.clone())
-                .map_err(|never| -> BoxError { match never {} })
-                .boxed_unsync(),
-        );
+        let mut req = http::Request::new(UpstreamBody::buffered(body.clone()));
         *req.method_mut() = head.method.clone();
         *req.uri_mut() = head.uri.clone();
         *req.headers_mut() = head.headers.clone();

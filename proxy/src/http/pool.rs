@@ -24,6 +24,8 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use rustls::ClientConfig;
 
+use crate::cluster::Admission;
+
 use super::response::Body;
 use super::upstream::{PeerPrincipal, UpstreamBody, UpstreamError, dial};
 
@@ -38,7 +40,7 @@ struct Idle {
 }
 
 struct Entries {
-    by_key: HashMap<Key, Vec<Idle>>,
+    by_key: HashMap<Key, Vec<Idle>, foldhash::fast::RandomState>,
     last_sweep: Instant,
 }
 
@@ -54,7 +56,7 @@ impl H1Pool {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle_per_key: usize) -> Self {
         H1Pool {
             idle: Mutex::new(Entries {
-                by_key: HashMap::new(),
+                by_key: HashMap::default(),
                 last_sweep: Instant::now(),
             }),
             idle_timeout,
@@ -154,12 +156,13 @@ impl H1Pool {
 
     /// Sends `req` (origin-form URI, HTTP/1.x) to `endpoint`; `tls` is the derived HTTP/1
     /// client configuration for mTLS, `None` for plaintext. A request without `Host` gets the
-    /// endpoint's.
+    /// endpoint's. `guard` (a circuit breaker admission) is held until the response body ends.
     pub async fn send(
         self: &Arc<Self>,
         endpoint: SocketAddr,
         tls: Option<Arc<ClientConfig>>,
         mut req: Request<UpstreamBody>,
+        guard: Option<Admission>,
     ) -> Result<Response<Body>, UpstreamError> {
         if !req.headers().contains_key(HOST)
             && let Ok(v) = HeaderValue::from_str(&endpoint.to_string())
@@ -174,7 +177,8 @@ impl H1Pool {
             let (mut sender, peer, reused) = match self.checkout(key) {
                 Some(c) => (c.sender, c.peer, true),
                 None => {
-                    let (s, p) = self.connect(endpoint, tls.clone()).await?;
+                    // Boxed: the dial and handshake futures are large and rarely run.
+                    let (s, p) = Box::pin(self.connect(endpoint, tls.clone())).await?;
                     (s, p, false)
                 }
             };
@@ -206,7 +210,7 @@ impl H1Pool {
                 peer,
             });
             return Ok(resp.map(|inner| {
-                let mut body = Returning { inner, back };
+                let mut body = Returning { inner, back, guard };
                 if body.inner.is_end_stream() {
                     body.give_back();
                 }
@@ -225,14 +229,17 @@ struct Checkin {
 }
 
 /// A response body that returns its connection to the pool when it ends. Dropped before its
-/// end, the connection is dropped with it (closed once hyper sees it unused).
+/// end, the connection is dropped with it (closed once hyper sees it unused). It also holds
+/// the request's circuit breaker admission until then (as `Held` does for other bodies).
 struct Returning {
     inner: Incoming,
     back: Option<Checkin>,
+    guard: Option<Admission>,
 }
 
 impl Returning {
     fn give_back(&mut self) {
+        self.guard = None;
         if let Some(c) = self.back.take()
             && let Some(pool) = c.pool.upgrade()
         {
@@ -254,7 +261,10 @@ impl HttpBody for Returning {
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
             Poll::Ready(None) => self.give_back(),
             // The connection failed: it is not reused.
-            Poll::Ready(Some(Err(_))) => self.back = None,
+            Poll::Ready(Some(Err(_))) => {
+                self.back = None;
+                self.guard = None;
+            }
             _ => {}
         }
         polled
@@ -310,11 +320,11 @@ mod tests {
 
     fn get(path: &str) -> Request<UpstreamBody> {
         Request::get(path)
-            .body(
+            .body(UpstreamBody::Boxed(
                 Empty::<Bytes>::new()
                     .map_err(|never| match never {})
                     .boxed_unsync(),
-            )
+            ))
             .unwrap()
     }
 
@@ -327,7 +337,7 @@ mod tests {
             8,
         ));
         for _ in 0..5 {
-            let resp = pool.send(addr, None, get("/x")).await.unwrap();
+            let resp = pool.send(addr, None, get("/x"), None).await.unwrap();
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, format!("hello {addr}"));
         }
@@ -343,13 +353,13 @@ mod tests {
             Duration::from_secs(60),
             8,
         ));
-        let a = pool.send(addr, None, get("/a")).await.unwrap();
-        let b = pool.send(addr, None, get("/b")).await.unwrap();
+        let a = pool.send(addr, None, get("/a"), None).await.unwrap();
+        let b = pool.send(addr, None, get("/b"), None).await.unwrap();
         assert_eq!(conns.load(Ordering::SeqCst), 2, "a is still being read");
         drop(a);
         let _ = b.into_body().collect().await.unwrap();
         assert_eq!(pool.idle_count(), 1, "only the finished one is idle");
-        let c = pool.send(addr, None, get("/c")).await.unwrap();
+        let c = pool.send(addr, None, get("/c"), None).await.unwrap();
         let _ = c.into_body().collect().await.unwrap();
         assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
@@ -377,7 +387,7 @@ mod tests {
             8,
         ));
         for _ in 0..3 {
-            let resp = pool.send(addr, None, get("/")).await.unwrap();
+            let resp = pool.send(addr, None, get("/"), None).await.unwrap();
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, "ok");
             // Pooled, then seen closed by the upstream.
@@ -389,7 +399,7 @@ mod tests {
         }
         let refused = SocketAddr::from(([127, 0, 0, 1], 1));
         assert!(matches!(
-            pool.send(refused, None, get("/")).await,
+            pool.send(refused, None, get("/"), None).await,
             Err(UpstreamError::Connect(_))
         ));
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 use rand::Rng;
 use rustls::ClientConfig;
@@ -19,9 +19,8 @@ use crate::cluster::{Cluster, ClusterState, HostOutcome, LbPolicy, Overflow};
 use crate::routing::{AttemptOutcome, RetryPolicy};
 
 use super::context::ProxyContext;
-use super::held::Held;
 use super::response::Body;
-use super::upstream::{BoxError, UpstreamError};
+use super::upstream::{UpstreamBody, UpstreamError};
 
 /// Bodies up to this size are buffered so that a request can be retried; bigger (or unknown
 /// size) bodies are streamed and the request gets a single attempt.
@@ -182,28 +181,23 @@ pub async fn forward(
             return Err(ForwardError::NoEndpoint);
         };
         let admission = target.state.admit().await.map_err(ForwardError::Overflow)?;
-        if retry < retries_allowed {
-            // Only a later attempt looks at it.
+        if retry < retries_allowed && target.retry.is_some_and(|p| p.avoid_previous_hosts) {
+            // Only a later attempt that avoids previous hosts looks at it.
             tried.push(endpoint);
         }
         target.state.host_started(endpoint);
         // No retry can follow this attempt: its request takes the head.
         let last = retry >= retries_allowed;
         let req = match streaming.take() {
-            Some(b) if last => head.take(b.map_err(BoxError::from).boxed_unsync()),
-            Some(b) => head.build(b.map_err(BoxError::from).boxed_unsync()),
-            None if last => head.take(
-                Full::new(replay.clone().unwrap_or_default())
-                    .map_err(|never| -> BoxError { match never {} })
-                    .boxed_unsync(),
-            ),
-            None => head.build(
-                Full::new(replay.clone().unwrap_or_default())
-                    .map_err(|never| -> BoxError { match never {} })
-                    .boxed_unsync(),
-            ),
+            Some(b) if last => head.take(UpstreamBody::Streaming(b)),
+            Some(b) => head.build(UpstreamBody::Streaming(b)),
+            None if last => head.take(UpstreamBody::buffered(replay.clone().unwrap_or_default())),
+            None => head.build(UpstreamBody::buffered(replay.clone().unwrap_or_default())),
         };
-        let sent = ctx.upstream.send(endpoint, target.tls.clone(), req);
+        // The admission is held by the response body until it ends.
+        let sent = ctx
+            .upstream
+            .send_held(endpoint, target.tls.clone(), req, Some(admission));
         let per_try = target.retry.and_then(|p| p.per_try_timeout);
         let result = match per_try {
             None => Some(sent.await),
@@ -236,7 +230,7 @@ pub async fn forward(
             match target.state.try_retry() {
                 Some(token) => {
                     // This attempt is over: its slot is free during the back-off.
-                    drop(admission);
+                    drop(result);
                     _retry_token = Some(token);
                     retry += 1;
                     ctx.metrics.upstream_error("retry");
@@ -252,7 +246,7 @@ pub async fn forward(
                         outcome = ?outcome,
                         "retrying upstream request"
                     );
-                    tokio::time::sleep(wait).await;
+                    Box::pin(tokio::time::sleep(wait)).await;
                     continue;
                 }
                 None => {
@@ -271,7 +265,7 @@ pub async fn forward(
                 exhausted,
             }),
             Some(Ok(response)) => Ok(Forwarded {
-                response: response.map(|b| Held::new(b, admission).boxed()),
+                response,
                 endpoint,
                 retries: retry,
                 exhausted,

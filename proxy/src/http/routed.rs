@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use rand::Rng;
 
 use crate::cluster::{Discovery, OriginalDestination, authority_target};
@@ -20,7 +20,7 @@ use super::access_log::{AccessLogEntry, non_empty};
 use super::context::{ProxyContext, service_of_cluster};
 use super::cors;
 use super::fault::{self, Injected};
-use super::headers::{authority, ensure_request_id, strip_hop_by_hop};
+use super::headers::{Authority, ensure_request_id, strip_hop_by_hop};
 use super::metered::record_on_end;
 use super::mirror;
 use super::response::{Body, content_length, text};
@@ -117,7 +117,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let config = ctx.config.load();
-    let Some(authority) = authority(&req) else {
+    let Some(authority) = Authority::of(&req) else {
         return text(
             StatusCode::BAD_REQUEST,
             "request has no authority (Host header)",
@@ -236,7 +236,9 @@ pub async fn handle(
     let original: [SocketAddr; 1];
     let endpoints: &[SocketAddr] = match discovery {
         // PassthroughCluster: the one host is where the downstream was going.
-        Discovery::OriginalDst => match original_destination(&req, &authority).await {
+        // Rare paths are boxed so the request's future (moved whole into hyper's connection
+        // state per request) stays the size of the common path.
+        Discovery::OriginalDst => match Box::pin(original_destination(&req, &authority)).await {
             Some(a) => {
                 original = [a];
                 &original
@@ -288,10 +290,16 @@ pub async fn handle(
             mtls: false,
         };
         let mut bag = attrs.to_bag();
+        // The routed cluster's Istio service metadata names the destination service.
+        if let Some(svc) = found_cluster.and_then(|c| c.service.as_ref()) {
+            crate::mixer::set_destination_service(&mut bag, svc);
+        }
         // Pilot's `mixer` filter on this listener: quotas and the network fail policy.
         let policy = default_policy(config.mixer_filter(listener), service, &mut bag);
         if !policy.skip_check
-            && let Some((status, body)) = mixer.check_request(&bag, &policy).await.rejection()
+            && let Some((status, body)) = Box::pin(mixer.check_request(&bag, &policy))
+                .await
+                .rejection()
         {
             return record.finish(
                 None,
@@ -347,7 +355,7 @@ pub async fn handle(
             let mut rng = rand::rng();
             (rng.random(), rng.random())
         };
-        injected = fault::inject(fault, delay_roll, abort_roll).await;
+        injected = Box::pin(fault::inject(fault, delay_roll, abort_roll)).await;
         if let Some(status) = injected.abort {
             ctx.metrics.upstream_error("fault_abort");
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -373,7 +381,13 @@ pub async fn handle(
         span.inject(headers);
     }
     let host = forwarding.host_rewrite.as_deref().unwrap_or(&authority);
-    if let Ok(v) = HeaderValue::from_str(host) {
+    // Most requests already carry exactly this `Host`: kept as it is (no copy).
+    let mut hosts = headers.get_all(HOST).iter();
+    let same = hosts
+        .next()
+        .is_some_and(|v| v.as_bytes() == host.as_bytes())
+        && hosts.next().is_none();
+    if !same && let Ok(v) = HeaderValue::from_str(host) {
         headers.insert(HOST, v);
     }
     // Metadata exchange: only to another sidecar over mTLS; never pass the app's own copy on.
@@ -409,8 +423,11 @@ pub async fn handle(
         }
     }
     let (parts, body) = req.into_parts();
-    let body = if forwarding.retry.is_some() || !forwarding.mirrors.is_empty() {
-        match retry::prepare_body(body, &parts.headers).await {
+    let body = if forwarding.retry.is_some() && body.is_end_stream() {
+        // Nothing to read for a replay (GET and the like).
+        RequestBody::Buffered(Bytes::new())
+    } else if forwarding.retry.is_some() || !forwarding.mirrors.is_empty() {
+        match Box::pin(retry::prepare_body(body, &parts.headers)).await {
             Ok(b) => b,
             Err(e) => {
                 return record.finish(

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use http::header::{CONNECTION, HOST, HeaderValue, UPGRADE};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -29,7 +28,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::admin::ProxyMetrics;
-use crate::capture::{Prefixed, Sniffed};
+use crate::capture::{Prefixed, Sniffed, peek_mesh_tls};
 
 use super::alpn::{HopProtocol, ServerAlpn};
 use super::context::ProxyContext;
@@ -77,12 +76,13 @@ fn normalize_h2_authority<B>(req: &mut Request<B>) {
 }
 
 /// Runs `handle` for one request; when it asked to upgrade and the answer is 101, splices the
-/// downstream connection with the upstream one once both have switched.
+/// downstream connection with the upstream one once both have switched. The answer's body goes
+/// to hyper as it is (not boxed once more), counting an upstream reset mid-body.
 pub(super) async fn serve_request<F, Fut>(
     metrics: &ProxyMetrics,
     mut req: Request<Incoming>,
     handle: F,
-) -> Response<Body>
+) -> Response<ResetCounted>
 where
     F: FnOnce(Request<Incoming>) -> Fut,
     Fut: Future<Output = Response<Body>>,
@@ -92,14 +92,19 @@ where
     let mut resp = handle(req).await;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let errors = Some(metrics.upstream_errors.clone());
-        return resp.map(|inner| ResetCounted { inner, errors }.boxed());
+        return resp.map(|inner| ResetCounted { inner, errors });
     }
+    let uncounted = |inner| ResetCounted {
+        inner,
+        errors: None,
+    };
     let Some(downstream) = downstream else {
         // A 101 nobody asked for cannot be honoured on this connection.
         return text(
             StatusCode::BAD_GATEWAY,
             "upstream switched protocols without an upgrade request",
-        );
+        )
+        .map(uncounted);
     };
     let upstream = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {
@@ -119,7 +124,7 @@ where
             Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
         }
     });
-    resp
+    resp.map(uncounted)
 }
 
 /// Serves a routed listener (`virtualOutbound`, `0.0.0.0_<port>`) until `shutdown`, with the
@@ -346,6 +351,12 @@ async fn inbound_connection(
         MtlsMode::Strict => true,
         MtlsMode::Disable => false,
         MtlsMode::Permissive => match sniff_tls(&stream, HANDSHAKE_TIMEOUT).await {
+            // TLS without a mesh ALPN is the application's own: spliced to it untouched.
+            Some(true) if !peek_mesh_tls(&stream, HANDSHAKE_TIMEOUT).await => {
+                tracing::debug!(%remote, "TLS without a mesh ALPN on a PERMISSIVE port: to the application as TCP");
+                crate::tcp::serve_inbound_plaintext(&ctx, remote, local, app, stream).await;
+                return;
+            }
             Some(t) => t,
             None => return,
         },

@@ -11,6 +11,7 @@
 //! (to the application or outside the mesh) only gRPC keeps HTTP/2 (prior knowledge); other
 //! HTTP/2 requests are sent as HTTP/1.1.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -24,6 +25,7 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -34,9 +36,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::alpn::{self, HopProtocol};
+use super::held::Held;
 use super::pool::H1Pool;
 use super::response::Body;
-use crate::cluster::ClusterStates;
+use crate::cluster::{Admission, ClusterStates};
 
 /// The SPIFFE id the upstream presented (on responses over mTLS).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,11 +193,85 @@ impl AsyncWrite for MeshStream {
     }
 }
 
+/// `body` as an [`UpstreamBody`]: one that already is one is passed as it is, a downstream
+/// body is streamed without a box, anything else is boxed.
+fn upstream_body<B>(body: B) -> UpstreamBody
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut slot = Some(body);
+    let any = &mut slot as &mut dyn Any;
+    if let Some(b) = any
+        .downcast_mut::<Option<UpstreamBody>>()
+        .and_then(Option::take)
+    {
+        return b;
+    }
+    if let Some(b) = any
+        .downcast_mut::<Option<Incoming>>()
+        .and_then(Option::take)
+    {
+        return UpstreamBody::Streaming(b);
+    }
+    match slot {
+        Some(b) => UpstreamBody::Boxed(b.map_err(Into::into).boxed_unsync()),
+        None => UpstreamBody::Buffered(None),
+    }
+}
+
 /// Any error a request body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The body of requests sent upstream: the downstream body streamed, or a buffered copy.
-pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The body of requests sent upstream: the downstream body streamed or a buffered copy (both
+/// without a box), or any other body boxed.
+pub enum UpstreamBody {
+    Streaming(Incoming),
+    /// A buffered body; `None` once sent (or when empty).
+    Buffered(Option<Bytes>),
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl UpstreamBody {
+    /// A buffered body (`bytes` may be empty).
+    pub fn buffered(bytes: Bytes) -> Self {
+        UpstreamBody::Buffered((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Streaming(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            UpstreamBody::Buffered(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            UpstreamBody::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Streaming(b) => b.is_end_stream(),
+            UpstreamBody::Buffered(b) => b.is_none(),
+            UpstreamBody::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Streaming(b) => b.size_hint(),
+            UpstreamBody::Buffered(b) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            UpstreamBody::Boxed(b) => b.size_hint(),
+        }
+    }
+}
 
 type PooledClient = Client<MeshConnector, UpstreamBody>;
 
@@ -390,7 +467,23 @@ impl Upstream {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let mut req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+        self.send_held(endpoint, tls, req, None).await
+    }
+
+    /// [`Upstream::send`], holding `guard` (the request's circuit breaker admission) until the
+    /// response body ends (or the request fails).
+    pub async fn send_held<B>(
+        &self,
+        endpoint: SocketAddr,
+        tls: Option<Arc<ClientConfig>>,
+        req: Request<B>,
+        guard: Option<Admission>,
+    ) -> Result<Response<Body>, UpstreamError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let mut req = req.map(upstream_body);
         let (protocol, version) = hop_protocol(&req, tls.is_some());
         *req.version_mut() = version;
         if protocol == HopProtocol::Http1 && req.method() != http::Method::CONNECT {
@@ -403,7 +496,7 @@ impl Upstream {
                 *req.uri_mut() = Uri::from(pq);
             }
             let tls = tls.map(|base| self.h1_tls(base));
-            return self.h1.send(endpoint, tls, req).await;
+            return self.h1.send(endpoint, tls, req, guard).await;
         }
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri = Uri::builder()
@@ -417,7 +510,10 @@ impl Upstream {
         // fresh pool.
         let client = self.client_for(tls, protocol);
         match client.request(req).await {
-            Ok(resp) => Ok(resp.map(|b| b.boxed())),
+            Ok(resp) => Ok(resp.map(|b| match guard {
+                Some(g) => Held::new(b.boxed(), g).boxed(),
+                None => b.boxed(),
+            })),
             Err(e) if e.is_connect() => {
                 let mut msg = e.to_string();
                 let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
@@ -442,6 +538,28 @@ mod tests {
             b = b.header(http::header::CONTENT_TYPE, ct);
         }
         b.body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn upstream_bodies_keep_their_bytes_and_size() {
+        use http_body_util::{Empty, Full};
+        use hyper::body::Body as _;
+        let empty = UpstreamBody::buffered(Bytes::new());
+        assert!(empty.is_end_stream());
+        assert_eq!(empty.size_hint().exact(), Some(0));
+        assert!(empty.collect().await.unwrap().to_bytes().is_empty());
+        let full = UpstreamBody::buffered(Bytes::from_static(b"abc"));
+        assert!(!full.is_end_stream());
+        assert_eq!(full.size_hint().exact(), Some(3));
+        assert_eq!(full.collect().await.unwrap().to_bytes(), "abc");
+        // Another body type is boxed; an upstream body passes as it is.
+        let other = upstream_body(Full::new(Bytes::from_static(b"xy")));
+        assert!(matches!(other, UpstreamBody::Boxed(_)));
+        assert_eq!(other.collect().await.unwrap().to_bytes(), "xy");
+        let same = upstream_body(UpstreamBody::buffered(Bytes::from_static(b"z")));
+        assert!(matches!(same, UpstreamBody::Buffered(Some(_))));
+        let none = upstream_body(Empty::<Bytes>::new());
+        assert!(none.is_end_stream());
     }
 
     #[test]
