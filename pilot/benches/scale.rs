@@ -30,7 +30,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mesh_proto::config::ConfigObject;
 use mesh_proto::envoy::envoy::config::core::v3::Node;
-use mesh_proto::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use mesh_proto::envoy::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use mesh_proto::envoy::google::protobuf::{Struct, Value, value::Kind as ValueKind};
 use mesh_proto::type_url;
@@ -219,7 +218,12 @@ fn rss_kib_of(pid: &str, field: &str) -> u64 {
 /// CPU time (user + system) this process used so far: Pilot's, since the clients run in a child
 /// process (the bench's own event reading is a small part of it).
 fn cpu_secs() -> f64 {
-    let ticks = std::fs::read_to_string("/proc/self/stat")
+    cpu_secs_of("self")
+}
+
+/// CPU time (user + system) process `pid` used so far.
+fn cpu_secs_of(pid: &str) -> f64 {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             let rest = s.rsplit_once(')')?.1.to_string();
@@ -302,20 +306,62 @@ fn node(i: usize) -> Node {
     }
 }
 
+/// A `DiscoveryRequest` encoded already: the clients encode each distinct name list once (the
+/// bytes on the wire are a `DiscoveryRequest` as any client sends it), so that the simulated
+/// proxies, which share Pilot's two cores here, spend little CPU on their ACKs.
+#[derive(Clone, Debug, Default)]
+struct EncodedRequest(prost::bytes::Bytes);
+
+impl Message for EncodedRequest {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0 = prost::bytes::Bytes::new();
+    }
+}
+
+/// `resource_names` (field 3) of a `DiscoveryRequest`, encoded.
+fn encode_names(names: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for n in names {
+        prost::encoding::string::encode(3, n, &mut out);
+    }
+    out
+}
+
+/// A request naming the names encoded in `names` (see [`encode_names`]), ACKing `r`.
 fn request(
     node: &Option<Node>,
     type_url: &str,
-    names: Vec<String>,
+    names: &[u8],
     r: Option<&DiscoveryResponse>,
-) -> DiscoveryRequest {
-    DiscoveryRequest {
+) -> EncodedRequest {
+    let mut out = DiscoveryRequest {
         node: node.clone(),
         type_url: type_url.to_string(),
-        resource_names: names,
         version_info: r.map(|r| r.version_info.clone()).unwrap_or_default(),
         response_nonce: r.map(|r| r.nonce.clone()).unwrap_or_default(),
         ..DiscoveryRequest::default()
     }
+    .encode_to_vec();
+    out.extend_from_slice(names);
+    EncodedRequest(out.into())
 }
 
 /// A SotW client like Envoy: CDS and LDS wildcard, EDS for every cluster it got, RDS
@@ -325,30 +371,35 @@ async fn client(
     addr: std::net::SocketAddr,
     events: mpsc::UnboundedSender<Event>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut ads = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
-        .await?
-        .max_decoding_message_size(256 * 1024 * 1024);
+    let channel = tonic::transport::Endpoint::new(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut ads = tonic::client::Grpc::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+    ads.ready().await?;
     let (tx, rx) = mpsc::channel(8);
     let first = Some(node(i));
-    tx.send(request(&first, type_url::CLUSTER, vec![], None))
+    let http_proxy = encode_names(&["http_proxy".to_string()]);
+    tx.send(request(&first, type_url::CLUSTER, &[], None))
         .await?;
-    tx.send(request(&None, type_url::LISTENER, vec![], None))
+    tx.send(request(&None, type_url::LISTENER, &[], None))
         .await?;
-    tx.send(request(
-        &None,
-        type_url::ROUTE,
-        vec!["http_proxy".into()],
-        None,
-    ))
-    .await?;
+    tx.send(request(&None, type_url::ROUTE, &http_proxy, None))
+        .await?;
+    let codec = tonic_prost::ProstCodec::<EncodedRequest, DiscoveryResponse>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+    );
     let mut stream = ads
-        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
         .await?
         .into_inner();
     let mut eds_names: Vec<String> = Vec::new();
+    let mut eds_wire: Vec<u8> = Vec::new();
     let mut eds_open = false;
     let mut last_eds: Option<DiscoveryResponse> = None;
     while let Some(r) = stream.message().await? {
+        // When the response was received (before this client builds its answer).
+        let at = now_ns();
         let mut moved = false;
         let count = r.resources.len();
         let bytes: usize = r.resources.iter().map(|a| a.value.len()).sum();
@@ -360,16 +411,17 @@ async fn client(
                     .filter_map(|a| ClusterName::decode(a.value.as_slice()).ok())
                     .map(|c| c.name)
                     .collect();
-                tx.send(request(&None, type_url::CLUSTER, vec![], Some(&r)))
+                tx.send(request(&None, type_url::CLUSTER, &[], Some(&r)))
                     .await?;
                 if names != eds_names || !eds_open {
                     eds_names = names;
+                    eds_wire = encode_names(&eds_names);
                     // Like Envoy: the new names on the last EDS version and nonce (a fresh
                     // request the first time).
                     tx.send(request(
                         &None,
                         type_url::ENDPOINT,
-                        eds_names.clone(),
+                        &eds_wire,
                         last_eds.as_ref(),
                     ))
                     .await?;
@@ -387,7 +439,7 @@ async fn client(
                     nonce: r.nonce.clone(),
                     ..DiscoveryResponse::default()
                 });
-                Some(eds_names.clone())
+                Some(eds_wire.as_slice())
             }
             type_url::ROUTE => {
                 let vhosts: usize = r
@@ -396,24 +448,19 @@ async fn client(
                     .filter_map(|a| RouteVhosts::decode(a.value.as_slice()).ok())
                     .map(|rc| rc.virtual_hosts.len())
                     .sum();
-                tx.send(request(
-                    &None,
-                    type_url::ROUTE,
-                    vec!["http_proxy".into()],
-                    Some(&r),
-                ))
-                .await?;
+                tx.send(request(&None, type_url::ROUTE, &http_proxy, Some(&r)))
+                    .await?;
                 let _ = events.send(Event {
                     client: i,
                     type_url: r.type_url.clone(),
                     count: vhosts,
                     bytes,
                     moved,
-                    at: now_ns(),
+                    at,
                 });
                 continue;
             }
-            _ => Some(vec![]),
+            _ => Some(&[][..]),
         };
         if let Some(names) = ack_names {
             tx.send(request(&None, &r.type_url, names, Some(&r)))
@@ -425,7 +472,7 @@ async fn client(
             count,
             bytes,
             moved,
-            at: now_ns(),
+            at,
         });
     }
     Ok(())
@@ -509,12 +556,17 @@ async fn bench(p: Params, mode: Mode) {
     let baseline_kib = rss_kib("VmRSS:");
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = PilotMetrics::default();
+    let build_secs = {
+        let h = metrics.push_context_time.clone();
+        move || histogram_sum(&h)
+    };
     let ads = AdsServer::new(
         RegistryCache::new(snap_rx, "cluster.local"),
         Options {
             trust_domain: "cluster.local".into(),
         },
-        PilotMetrics::default(),
+        metrics.clone(),
         SyncStatus::default(),
         stop_rx.clone(),
     );
@@ -574,6 +626,7 @@ async fn bench(p: Params, mode: Mode) {
     let snapshot = Arc::new(Snapshot::from_objects(mesh(p.services, false, mode)));
     pushes.borrow_and_update();
     let cpu_start = cpu_secs();
+    let clients_cpu_start = cpu_secs_of(&child_pid);
     let start = Instant::now();
     snap_tx.send_replace(snapshot);
     let mut published = None;
@@ -602,6 +655,7 @@ async fn bench(p: Params, mode: Mode) {
     }
     let full = start.elapsed();
     let full_cpu = cpu_secs() - cpu_start;
+    let full_clients_cpu = cpu_secs_of(&child_pid) - clients_cpu_start;
     let per_client = seen.get(&0).map(|s| s.bytes).unwrap_or_default();
     let published = published.unwrap_or(start);
     let rss_after_full = rss_kib("VmRSS:");
@@ -612,8 +666,18 @@ async fn bench(p: Params, mode: Mode) {
     let needing = (0..p.clients)
         .filter(|i| sees_service_0(*i, &p, mode))
         .count();
+    // `SCALE_EDS_PAUSE=<secs>`: wait before the endpoint change (to attach a profiler to it).
+    if let Some(secs) = std::env::var("SCALE_EDS_PAUSE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        eprintln!("pid {}: endpoint change in {secs} s", std::process::id());
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
     pushes.borrow_and_update();
     let eds_cpu_start = cpu_secs();
+    let eds_build_start = build_secs();
+    let eds_clients_cpu_start = cpu_secs_of(&child_pid);
     let change = now_ns();
     snap_tx.send_replace(moved_snapshot);
     let mut eds_at: HashMap<usize, u128> = HashMap::new();
@@ -644,6 +708,8 @@ async fn bench(p: Params, mode: Mode) {
         *other_types.entry(short).or_default() += 1;
     }
     let eds_cpu = cpu_secs() - eds_cpu_start;
+    let eds_build = build_secs() - eds_build_start;
+    let eds_clients_cpu = cpu_secs_of(&child_pid) - eds_clients_cpu_start;
     let pushed_at = pushed_at.unwrap_or(change);
     let since = |from: u128| {
         let mut v: Vec<Duration> = eds_at
@@ -696,6 +762,7 @@ async fn bench(p: Params, mode: Mode) {
         ms(full.saturating_sub(published - start))
     );
     println!("| full push: Pilot's CPU time (user + system, its process only) | {full_cpu:.2} s |");
+    println!("| full push: the clients' CPU time (their process) | {full_clients_cpu:.2} s |");
     println!(
         "| endpoint change → EDS received by the {} clients that see it, p50 / p99 (from the change) | {} / {} |",
         needing,
@@ -710,6 +777,11 @@ async fn bench(p: Params, mode: Mode) {
     println!("| other responses seen during the endpoint change (by type) | {other_types:?} |");
     println!(
         "| endpoint change: Pilot's CPU time until all received (+ 300 ms quiet) | {eds_cpu:.2} s |"
+    );
+    println!("| endpoint change: the clients' CPU time, same span | {eds_clients_cpu:.2} s |");
+    println!(
+        "| endpoint change: building the push (`PushContext::build`) | {:.1} ms |",
+        eds_build * 1000.0
     );
     println!(
         "| Pilot RSS: connected (empty mesh) / after full push / peak (VmHWM) | {} / {} / {} |",
@@ -727,6 +799,17 @@ async fn bench(p: Params, mode: Mode) {
     stop_tx.send_replace(true);
     let _ = child.kill().await;
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+}
+
+/// The `_sum` of histogram `h` (seconds).
+fn histogram_sum(h: &prometheus_client::metrics::histogram::Histogram) -> f64 {
+    let reg = mesh_runtime::Metrics::default();
+    reg.register(|r| r.register("h", "h", h.clone()));
+    reg.encode()
+        .lines()
+        .find_map(|l| l.strip_prefix("h_sum "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 async fn recv(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {

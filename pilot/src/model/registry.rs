@@ -53,6 +53,25 @@ struct PodInfo {
     service_account: String,
 }
 
+/// Pods by `namespace/name`, and pod keys by IP.
+type Pods = (HashMap<String, PodInfo>, HashMap<String, String>);
+
+/// What the registry keeps of a pod, and its IP.
+fn pod_info(
+    obj: &ConfigObject,
+) -> Result<(PodInfo, Option<String>), mesh_proto::config::ModelError> {
+    let pod: Pod = obj.body_as()?;
+    let info = PodInfo {
+        labels: obj.metadata.labels.clone(),
+        service_account: pod
+            .spec
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".to_string()),
+    };
+    Ok((info, pod.status.pod_ip))
+}
+
 impl Registry {
     /// Builds the registry from `snapshot`, naming services under `domain_suffix`.
     pub fn from_snapshot(snapshot: &Snapshot, domain_suffix: &str) -> Registry {
@@ -77,6 +96,92 @@ impl Registry {
             &mut reg.problems,
         );
         reg
+    }
+
+    /// The registry of `new` built from this one (the registry of `old`) by reading again only
+    /// the Endpoints objects that changed: what [`Registry::from_snapshot`] of `new` gives, at the
+    /// cost of those few objects instead of the whole mesh. `None` (build it whole) unless `new`
+    /// differs from `old` in Endpoints objects only (every other collection must be equal, as in
+    /// an endpoints-only push; Pods are compared here), few of them changed, and every address
+    /// of a changed one names its pod (`targetRef`; else the pod index by IP is needed).
+    pub fn with_endpoints_of(&self, old: &Snapshot, new: &Snapshot) -> Option<Registry> {
+        debug_assert!(
+            old.collections
+                .keys()
+                .chain(new.collections.keys())
+                .filter(|k| !matches!(k, Kind::Endpoints | Kind::Pod))
+                .all(|k| old.collections.get(k) == new.collections.get(k)),
+            "only Endpoints and Pods may differ"
+        );
+        if old.collections.get(&Kind::Pod) != new.collections.get(&Kind::Pod) {
+            return None;
+        }
+        let empty = BTreeMap::new();
+        let before = old
+            .collections
+            .get(&Kind::Endpoints)
+            .map_or(&empty, |c| &c.objects);
+        let after = new
+            .collections
+            .get(&Kind::Endpoints)
+            .map_or(&empty, |c| &c.objects);
+        let mut changed: Vec<&ConfigObject> = after
+            .iter()
+            .filter(|(k, o)| before.get(*k) != Some(*o))
+            .map(|(_, o)| o)
+            .collect();
+        changed.extend(
+            before
+                .iter()
+                .filter(|(k, _)| !after.contains_key(*k))
+                .map(|(_, o)| o),
+        );
+        if changed.len() * 2 > self.services.len().max(1) {
+            return None;
+        }
+        let mut reg = self.clone();
+        for ep in changed {
+            let (ns, name) = (&ep.metadata.namespace, &ep.metadata.name);
+            let fqdn = service_fqdn(name, ns, &reg.domain_suffix);
+            let is_its_service = reg
+                .services
+                .get(&fqdn)
+                .is_some_and(|s| s.is_kubernetes() && s.namespace == *ns && s.name == *name);
+            if !is_its_service {
+                continue;
+            }
+            let svc_obj = new.get(Kind::Service, ns, name)?;
+            let spec: ServiceSpec = svc_obj.spec().ok()?;
+            // The pods its addresses name (the only ones read).
+            let mut pods: Pods = Default::default();
+            if let Some(now) = new.get(Kind::Endpoints, ns, name)
+                && let Ok(eps) = now.body_as::<Endpoints>()
+            {
+                for addr in eps.subsets.iter().flat_map(|s| &s.addresses) {
+                    let r = addr.target_ref.as_ref()?;
+                    if r.kind.as_deref().is_some_and(|k| k != "Pod") {
+                        continue;
+                    }
+                    let pod_ns = r.namespace.as_deref().unwrap_or(ns);
+                    let key = format!("{pod_ns}/{}", r.name);
+                    if pods.0.contains_key(&key) {
+                        continue;
+                    }
+                    if let Some(obj) = new.get(Kind::Pod, pod_ns, &r.name) {
+                        // A pod the full build leaves out (a problem) is left to it.
+                        let (info, _) = pod_info(obj).ok()?;
+                        pods.0.insert(key, info);
+                    }
+                }
+            }
+            let prefix = format!("{} {}: ", ep.kind, ep.key());
+            reg.problems.retain(|p| !p.starts_with(&prefix));
+            let instances = reg.service_instances(new, svc_obj, &spec, &pods);
+            if let Some(svc) = reg.services.get_mut(&fqdn) {
+                svc.instances = instances;
+            }
+        }
+        Some(reg)
     }
 
     /// The VirtualServices for `host` (resolved) that apply to sidecars.
@@ -173,40 +278,26 @@ impl Registry {
         self.problems.push(msg);
     }
 
-    fn pods(&mut self, snapshot: &Snapshot) -> (HashMap<String, PodInfo>, HashMap<String, String>) {
+    fn pods(&mut self, snapshot: &Snapshot) -> Pods {
         let mut by_key = HashMap::new();
         let mut by_ip = HashMap::new();
         for obj in snapshot.objects(Kind::Pod) {
-            let pod: Pod = match obj.body_as() {
+            let (info, ip) = match pod_info(obj) {
                 Ok(p) => p,
                 Err(e) => {
                     self.problem(obj, e);
                     continue;
                 }
             };
-            if let Some(ip) = &pod.status.pod_ip {
-                by_ip.insert(ip.clone(), obj.key());
+            if let Some(ip) = ip {
+                by_ip.insert(ip, obj.key());
             }
-            by_key.insert(
-                obj.key(),
-                PodInfo {
-                    labels: obj.metadata.labels.clone(),
-                    service_account: pod
-                        .spec
-                        .service_account_name
-                        .clone()
-                        .unwrap_or_else(|| "default".to_string()),
-                },
-            );
+            by_key.insert(obj.key(), info);
         }
         (by_key, by_ip)
     }
 
-    fn add_services(
-        &mut self,
-        snapshot: &Snapshot,
-        pods: &(HashMap<String, PodInfo>, HashMap<String, String>),
-    ) {
+    fn add_services(&mut self, snapshot: &Snapshot, pods: &Pods) {
         for obj in snapshot.objects(Kind::Service) {
             let spec: ServiceSpec = match obj.spec() {
                 Ok(s) => s,
@@ -229,39 +320,7 @@ impl Registry {
                 .collect();
             ports.sort_by_key(|p| p.port);
             ports.dedup_by_key(|p| p.port);
-            let mut instances: BTreeMap<u16, Vec<Instance>> = BTreeMap::new();
-            if let Some(ep_obj) = snapshot.get(Kind::Endpoints, ns, &obj.metadata.name) {
-                match ep_obj.body_as::<Endpoints>() {
-                    Ok(eps) => {
-                        for sp in &spec.ports {
-                            let mut list = instances_for_port(&eps, sp, ns, pods);
-                            list.sort();
-                            list.dedup();
-                            instances.insert(sp.port, list);
-                        }
-                    }
-                    Err(e) => self.problem(ep_obj, e),
-                }
-            }
-            // WorkloadEntries of the namespace the Service's selector matches, as Istio does.
-            for we in self
-                .workload_entries
-                .iter()
-                .filter(|w| w.namespace == *ns && w.spec.selected_by(&spec.selector))
-            {
-                for sp in &spec.ports {
-                    let port =
-                        we.spec
-                            .port_for(sp.name.as_deref(), sp.target_port.as_ref(), sp.port);
-                    let list = instances.entry(sp.port).or_default();
-                    list.push(
-                        we.spec
-                            .instance(port, Some(format!("{}/{}", we.namespace, we.name))),
-                    );
-                    list.sort();
-                    list.dedup();
-                }
-            }
+            let instances = self.service_instances(snapshot, obj, &spec, pods);
             self.services.insert(
                 fqdn.clone(),
                 Service {
@@ -293,6 +352,52 @@ impl Registry {
                 },
             );
         }
+    }
+
+    /// The instances of Kubernetes Service `obj` (with `spec`): its Endpoints' addresses and the
+    /// WorkloadEntries its selector matches, by service port.
+    fn service_instances(
+        &mut self,
+        snapshot: &Snapshot,
+        obj: &ConfigObject,
+        spec: &ServiceSpec,
+        pods: &Pods,
+    ) -> BTreeMap<u16, Vec<Instance>> {
+        let ns = &obj.metadata.namespace;
+        let mut instances: BTreeMap<u16, Vec<Instance>> = BTreeMap::new();
+        if let Some(ep_obj) = snapshot.get(Kind::Endpoints, ns, &obj.metadata.name) {
+            match ep_obj.body_as::<Endpoints>() {
+                Ok(eps) => {
+                    for sp in &spec.ports {
+                        let mut list = instances_for_port(&eps, sp, ns, pods);
+                        list.sort();
+                        list.dedup();
+                        instances.insert(sp.port, list);
+                    }
+                }
+                Err(e) => self.problem(ep_obj, e),
+            }
+        }
+        // WorkloadEntries of the namespace the Service's selector matches, as Istio does.
+        for we in self
+            .workload_entries
+            .iter()
+            .filter(|w| w.namespace == *ns && w.spec.selected_by(&spec.selector))
+        {
+            for sp in &spec.ports {
+                let port = we
+                    .spec
+                    .port_for(sp.name.as_deref(), sp.target_port.as_ref(), sp.port);
+                let list = instances.entry(sp.port).or_default();
+                list.push(
+                    we.spec
+                        .instance(port, Some(format!("{}/{}", we.namespace, we.name))),
+                );
+                list.sort();
+                list.dedup();
+            }
+        }
+        instances
     }
 
     /// One service per ServiceEntry host. A host already defined (by a Kubernetes Service or
@@ -403,7 +508,7 @@ fn instances_for_port(
     eps: &Endpoints,
     sp: &mesh_proto::config::ServicePort,
     namespace: &str,
-    (pods, pods_by_ip): &(HashMap<String, PodInfo>, HashMap<String, String>),
+    (pods, pods_by_ip): &Pods,
 ) -> Vec<Instance> {
     let mut out = Vec::new();
     for subset in &eps.subsets {
@@ -518,5 +623,105 @@ mod tests {
         );
         assert_eq!(reg.problems.len(), 1, "{:?}", reg.problems);
         assert!(reg.problems[0].contains("default/bad"));
+    }
+
+    fn endpoints_mesh(ips: &[&str], target_refs: bool, pod_sa: &str) -> Snapshot {
+        let addresses: Vec<serde_json::Value> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                if target_refs {
+                    serde_json::json!({"ip": ip, "targetRef": {"kind": "Pod", "name": format!("a-{i}")}})
+                } else {
+                    serde_json::json!({"ip": ip})
+                }
+            })
+            .collect();
+        let mut v = serde_json::json!([
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "namespace": "default"},
+             "spec": {"ports": [{"name": "http", "port": 80}]}},
+            {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "a", "namespace": "default"},
+             "subsets": [{"addresses": addresses, "ports": [{"name": "http", "port": 8080}]}]},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b", "namespace": "default"},
+             "spec": {"ports": [{"name": "http", "port": 80}]}},
+            {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "b", "namespace": "default"},
+             "subsets": [{"addresses": [{"ip": "10.0.9.1", "targetRef": {"kind": "Pod", "name": "b-0"}}],
+               "ports": [{"name": "http", "port": 8080}]}]},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "c", "namespace": "default"},
+             "spec": {"ports": [{"name": "http", "port": 80}]}},
+            {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "c", "namespace": "default"},
+             "subsets": "not-a-list"},
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "b-0", "namespace": "default", "labels": {"app": "b"}},
+             "spec": {"serviceAccountName": "b"}}
+        ]);
+        for i in 0..3 {
+            v.as_array_mut().unwrap().push(serde_json::json!(
+                {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("a-{i}"), "namespace": "default",
+                 "labels": {"app": "a", "version": format!("v{i}")}},
+                 "spec": {"serviceAccountName": pod_sa}, "status": {"podIP": format!("10.0.0.{}", i + 1)}}));
+        }
+        Snapshot::from_objects(objs(v))
+    }
+
+    fn same_registry(a: &Registry, b: &Registry) {
+        assert_eq!(a.services, b.services);
+        let (mut pa, mut pb) = (a.problems.clone(), b.problems.clone());
+        pa.sort();
+        pb.sort();
+        assert_eq!(pa, pb);
+        let mut a = a.clone();
+        let mut b = b.clone();
+        a.problems.clear();
+        b.problems.clear();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn endpoints_change_is_read_incrementally() {
+        let old = endpoints_mesh(&["10.0.0.1", "10.0.0.2"], true, "sa");
+        let reg = Registry::from_snapshot(&old, "cluster.local");
+        // One Endpoints object changed (an address added): the same as building it whole.
+        let new = endpoints_mesh(&["10.0.0.1", "10.0.0.2", "10.0.0.3"], true, "sa");
+        let inc = reg.with_endpoints_of(&old, &new).expect("incremental");
+        let whole = Registry::from_snapshot(&new, "cluster.local");
+        same_registry(&inc, &whole);
+        let a = &inc.services["a.default.svc.cluster.local"].instances[&80];
+        assert_eq!(a.len(), 3);
+        assert_eq!(a[2].labels.get("version").map(String::as_str), Some("v2"));
+        assert_eq!(a[2].service_account.as_deref(), Some("sa"));
+        assert_eq!(
+            inc.services["b.default.svc.cluster.local"],
+            reg.services["b.default.svc.cluster.local"]
+        );
+        // The unreadable Endpoints keeps its one problem.
+        assert_eq!(inc.problems.len(), 1, "{:?}", inc.problems);
+        // Nothing changed: the same registry.
+        same_registry(&reg.with_endpoints_of(&old, &old).unwrap(), &reg);
+        // An Endpoints object removed: its service has no instances left.
+        let mut gone = new.clone();
+        gone.collections
+            .get_mut(&Kind::Endpoints)
+            .unwrap()
+            .objects
+            .remove("default/a");
+        let inc = reg.with_endpoints_of(&old, &gone).expect("incremental");
+        same_registry(&inc, &Registry::from_snapshot(&gone, "cluster.local"));
+        assert!(
+            inc.services["a.default.svc.cluster.local"]
+                .instances
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn endpoints_change_needing_more_is_built_whole() {
+        let old = endpoints_mesh(&["10.0.0.1"], true, "sa");
+        let reg = Registry::from_snapshot(&old, "cluster.local");
+        // A pod changed: every instance naming it may change.
+        let pods = endpoints_mesh(&["10.0.0.1"], true, "other");
+        assert!(reg.with_endpoints_of(&old, &pods).is_none());
+        // An address without targetRef: its pod is found by IP.
+        let by_ip = endpoints_mesh(&["10.0.0.1", "10.0.0.2"], false, "sa");
+        assert!(reg.with_endpoints_of(&old, &by_ip).is_none());
     }
 }

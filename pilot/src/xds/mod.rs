@@ -4,6 +4,7 @@
 //! - `push`: snapshots debounced into a [`PushContext`] (shared CDS/EDS, per-key LDS/RDS;
 //!   endpoints-only pushes incremental).
 //! - `names`: SotW resource-name lists, interned across streams.
+//! - `request`: SotW requests decoded with their names left in the received bytes.
 //! - `service` / `wire`: the gRPC service, writing responses straight from the shared encoded
 //!   resources (no per-proxy copy or re-encoding).
 //! - `convergence`: time from a change to every proxy's answer.
@@ -17,6 +18,7 @@ mod delta;
 mod delta_state;
 mod names;
 mod push;
+mod request;
 mod server;
 mod service;
 mod sotw;

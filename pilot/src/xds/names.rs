@@ -24,11 +24,15 @@ struct Inner {
 #[derive(Debug, Default)]
 pub(super) struct NameInterner {
     inner: Mutex<Inner>,
+    /// Lists interned so far (each a sort, hash and lookup): for tests and debugging.
+    interned: std::sync::atomic::AtomicUsize,
 }
 
 impl NameInterner {
     /// The shared copy of `names` (in any order, duplicates allowed).
     pub(super) fn intern(&self, mut names: Vec<String>) -> Names {
+        self.interned
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         names.sort_unstable();
         names.dedup();
         let mut h = std::hash::DefaultHasher::new();
@@ -56,6 +60,14 @@ impl NameInterner {
             .or_default()
             .push(Arc::downgrade(&shared));
         shared
+    }
+}
+
+impl NameInterner {
+    /// How many lists were interned (found or added).
+    #[cfg(test)]
+    pub(super) fn interned(&self) -> usize {
+        self.interned.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

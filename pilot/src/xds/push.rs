@@ -102,7 +102,7 @@ impl ProxyKey {
 /// Sidecar's `workloadSelector`. Each of these selectors matches when all of its pairs are
 /// among the proxy's labels, so it matches the proxy exactly when it matches the proxy's labels
 /// narrowed to these pairs: proxies differing only in other labels get the same output.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct LabelSelectors(std::collections::HashSet<(String, String)>);
 
 impl LabelSelectors {
@@ -274,7 +274,13 @@ impl PushContext {
         options: &Options,
         previous: Option<&PushContext>,
     ) -> PushContext {
-        let registry = Arc::new(Registry::from_snapshot(&snapshot, domain_suffix));
+        // An endpoints-only push reads again only the Endpoints objects that changed.
+        let registry = match (kind, previous) {
+            (PushKind::Endpoints, Some(p)) => p.registry.with_endpoints_of(&p.snapshot, &snapshot),
+            _ => None,
+        };
+        let registry =
+            Arc::new(registry.unwrap_or_else(|| Registry::from_snapshot(&snapshot, domain_suffix)));
         let incremental = match (kind, previous) {
             (PushKind::Endpoints, Some(p)) => incremental_shared(p, &registry, options),
             _ => None,
@@ -315,7 +321,10 @@ impl PushContext {
             }
             _ => (Memo::new(), InboundMemo::new()),
         };
-        let selectors = LabelSelectors::of(&registry);
+        let selectors = match (kind, previous) {
+            (PushKind::Endpoints, Some(p)) => p.selectors.clone(),
+            _ => LabelSelectors::of(&registry),
+        };
         PushContext {
             epoch,
             kind,
@@ -496,16 +505,30 @@ fn incremental_shared(
             .next()
             .is_some_and(|fqdn| name.contains('|') && changed.contains(fqdn))
     };
-    let (_, cds_changed) = previous
+    // The changed services' clusters as they were and as they are now, both sorted by name:
+    // compared by name and version (without building the patched CDS).
+    let fresh = encode_clusters(clusters).resources;
+    let mut before = previous
         .clusters
-        .patch(of_changed, encode_clusters(clusters).resources);
-    if !cds_changed.is_empty() {
+        .resources
+        .iter()
+        .filter(|r| of_changed(&r.name));
+    let cds_same = before
+        .by_ref()
+        .zip(&fresh)
+        .all(|(o, f)| o.name == f.name && o.version == f.version)
+        && before.next().is_none()
+        && previous
+            .clusters
+            .resources
+            .iter()
+            .filter(|r| of_changed(&r.name))
+            .count()
+            == fresh.len();
+    if !cds_same {
         // A service's SANs changed with its instances: CDS goes out whole to every proxy, so
         // the push is not incremental for the streams (it waits for the push permits).
-        tracing::debug!(
-            clusters = cds_changed.len(),
-            "endpoints push changed clusters; translating CDS/EDS whole"
-        );
+        tracing::debug!("endpoints push changed clusters; translating CDS/EDS whole");
         return None;
     }
     let cds = previous.clusters.clone();

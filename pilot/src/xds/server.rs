@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convergence::Convergence;
 use super::delta::Delta;
 use super::push::{PushContext, PushKind, Pusher};
+use super::request::SotwRequest;
 use super::service::AdsService;
 use super::sotw::Sotw;
 use super::status::SyncStatus;
@@ -133,6 +134,12 @@ impl AdsServer {
         self.shared.pushes.clone()
     }
 
+    /// What every stream shares (tests look inside).
+    #[cfg(test)]
+    pub(super) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// The tonic service to mount (responses written from the shared encoded resources).
     pub fn into_service(self) -> AdsService {
         AdsService::new(self)
@@ -147,7 +154,7 @@ impl AdsServer {
     /// Serves a SotW stream.
     pub(super) fn sotw(
         &self,
-        request: Request<impl Requests<DiscoveryRequest>>,
+        request: Request<impl Requests<SotwRequest>>,
     ) -> Response<ReceiverStream<Result<SotwResponse, Status>>> {
         let (tx, rx) = mpsc::channel(16);
         let peer = request.extensions().get::<XdsPeer>().cloned();
@@ -199,6 +206,7 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         use tokio_stream::StreamExt;
+        let request = request.map(|s| s.map(|r| r.map(SotwRequest::from)));
         let stream = self.sotw(request).into_inner();
         Ok(Response::new(Box::pin(
             stream.map(|r| r.map(|r| r.decoded())),

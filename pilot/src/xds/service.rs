@@ -13,13 +13,14 @@ use std::pin::Pin;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use mesh_proto::envoy::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use mesh_proto::envoy::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use prost::Message;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
 use tonic::{Request, Status};
 
+use super::request::{SotwRequest, WireRequest};
 use super::server::AdsServer;
 use super::wire::{DeltaResponse, SotwResponse};
 
@@ -76,7 +77,7 @@ where
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<StdError> + Send + 'static,
-    Req: Message + Default + Send + 'static,
+    Req: WireRequest,
 {
     let max = max.unwrap_or(DEFAULT_MAX_REQUEST);
     let (parts, body) = req.into_parts();
@@ -96,6 +97,8 @@ where
                     ));
                     return Some((Err(status), None));
                 }
+                // The whole message in one buffer, grown once (not doubled frame by frame).
+                buf.reserve((5 + len).saturating_sub(buf.len()));
                 if buf.len() >= 5 + len {
                     buf.advance(5);
                     let msg = buf.split_to(len).freeze();
@@ -103,7 +106,7 @@ where
                         // Let the (possibly large) allocation go with this message.
                         buf = BytesMut::new();
                     }
-                    return Some(match Req::decode(msg) {
+                    return Some(match Req::decode_wire(msg) {
                         Ok(req) => (Ok(req), Some((body, buf))),
                         Err(e) => (
                             Err(Status::internal(format!("decoding a request: {e}"))),
@@ -204,7 +207,7 @@ where
         let ads = self.ads.clone();
         match req.uri().path() {
             SOTW_PATH => Box::pin(async move {
-                let stream = ads.sotw(requests::<B, DiscoveryRequest>(req, max));
+                let stream = ads.sotw(requests::<B, SotwRequest>(req, max));
                 Ok(response::<SotwResponse>(stream.into_inner()))
             }),
             DELTA_PATH => Box::pin(async move {
@@ -232,6 +235,7 @@ where
 mod tests {
     use super::*;
     use mesh_proto::envoy::envoy::config::core::v3::Node;
+    use mesh_proto::envoy::envoy::service::discovery::v3::DiscoveryRequest;
 
     fn req(i: usize) -> DiscoveryRequest {
         DiscoveryRequest {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use mesh_proto::discovery::{Request, TypeState};
 use mesh_proto::envoy::envoy::config::core::v3::Node;
-use mesh_proto::envoy::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::names::{Names, contains};
+use super::request::SotwRequest;
 use super::server::Shared;
 use super::stream::{Protocol, Session};
 use super::wire::{Picked, SotwResponse};
@@ -41,20 +41,19 @@ pub(super) struct Sotw {
 }
 
 impl Protocol for Sotw {
-    type Request = DiscoveryRequest;
+    type Request = SotwRequest;
     type Response = SotwResponse;
     const NAME: &'static str = "sotw";
 
-    fn node(req: &DiscoveryRequest) -> Option<&Node> {
-        req.node.as_ref()
+    fn node(req: &SotwRequest) -> Option<&Node> {
+        req.rest.node.as_ref()
     }
 
-    fn on_request(
-        &mut self,
-        shared: &Shared,
-        s: &Session,
-        req: DiscoveryRequest,
-    ) -> Vec<SotwResponse> {
+    fn on_request(&mut self, shared: &Shared, s: &Session, req: SotwRequest) -> Vec<SotwResponse> {
+        let SotwRequest {
+            rest: req,
+            names: raw_names,
+        } = req;
         let mut out = Vec::new();
         let Some(t) = XdsType::from_type_url(&req.type_url) else {
             tracing::info!(proxy = %s.proxy.id, type_url = %req.type_url, "ignoring request for an unsupported type");
@@ -67,16 +66,23 @@ impl Protocol for Sotw {
                 st.message.clone()
             }
         });
-        let sub = self.subs.entry(t).or_default();
+        let held = self.subs.get(&t).map(|sub| &sub.names);
         let names = if !t.named() {
             Names::default()
-        } else if !sub.names.is_empty() && req.resource_names.iter().eq(sub.names.iter()) {
+        } else if let Some(held) = held.filter(|n| !n.is_empty() && raw_names.same_as(n)) {
             // An ACK naming what the stream named already (an EDS ACK names every cluster):
-            // no sort, hash or lookup of thousands of names.
-            sub.names.clone()
+            // compared in the received bytes, no name decoded, sorted, hashed or looked up.
+            held.clone()
         } else {
-            shared.names.intern(req.resource_names)
+            match raw_names.into_strings() {
+                Ok(names) => shared.names.intern(names),
+                Err(e) => {
+                    tracing::warn!(proxy = %s.proxy.id, r#type = t.short(), error = %e, "ignoring request");
+                    return out;
+                }
+            }
         };
+        let sub = self.subs.entry(t).or_default();
         let names_changed = sub.names != names;
         // Answering the latest nonce without error but with another version than the one sent
         // is not an ACK: the client keeps an older version (after a NACK) and only changes its

@@ -53,6 +53,7 @@ fn objects(extra_endpoint: bool, with_vs: bool) -> Vec<ConfigObject> {
 }
 
 pub(super) struct Harness {
+    pub(super) ads: AdsServer,
     pub(super) snapshots: watch::Sender<Arc<Snapshot>>,
     pub(super) status: SyncStatus,
     pub(super) metrics: PilotMetrics,
@@ -83,6 +84,7 @@ pub(super) async fn start_with(objects: Vec<ConfigObject>) -> Harness {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut stop_wait = stop_rx;
+    let handle = ads.clone();
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(ads.into_service())
@@ -93,6 +95,7 @@ pub(super) async fn start_with(objects: Vec<ConfigObject>) -> Harness {
             .unwrap();
     });
     Harness {
+        ads: handle,
         snapshots,
         status,
         metrics,
@@ -175,6 +178,25 @@ fn endpoint_count(r: &DiscoveryResponse) -> usize {
                 .sum::<usize>()
         })
         .sum()
+}
+
+/// The endpoint addresses of an EDS response, in order.
+fn endpoint_addresses(r: &DiscoveryResponse) -> Vec<String> {
+    use mesh_proto::envoy::envoy::config::core::v3::address::Address;
+    use mesh_proto::envoy::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    r.resources
+        .iter()
+        .map(|a| ClusterLoadAssignment::decode(a.value.as_slice()).unwrap())
+        .flat_map(|c| c.endpoints)
+        .flat_map(|l| l.lb_endpoints)
+        .filter_map(|e| match e.host_identifier? {
+            HostIdentifier::Endpoint(ep) => match ep.address?.address? {
+                Address::SocketAddress(sa) => Some(sa.address),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -472,7 +494,36 @@ async fn sotw_endpoint_push_sends_only_changed_load_assignments() {
         })
         .collect();
     assert_eq!(names, vec![ratings.clone()]);
+    assert_eq!(endpoint_addresses(&eds2), vec!["10.1.0.2"]);
+    let interned = h.ads.shared().names.interned();
     c.ack(&eds2, &[&ratings, &reviews]).await;
+
+    // A proxy connecting now (or this one reconnecting) gets every assignment it names, the
+    // moved one at its new address.
+    let mut fresh = Client::connect(h.addr).await;
+    fresh.send(type_url::CLUSTER, &[], "", "", None).await;
+    let fresh_cds = fresh.recv().await;
+    fresh.ack(&fresh_cds, &[]).await;
+    fresh
+        .send(type_url::ENDPOINT, &[&ratings, &reviews], "", "", None)
+        .await;
+    let fresh_eds = fresh.recv().await;
+    assert_eq!(fresh_eds.resources.len(), 2);
+    assert_eq!(fresh_eds.version_info, eds2.version_info);
+    let mut addresses = endpoint_addresses(&fresh_eds);
+    addresses.sort();
+    assert_eq!(addresses, vec!["10.1.0.2", "127.0.0.1"]);
+    // The first stream's ACK named what it named already: not interned again (the fresh
+    // stream's first request was).
+    poll_until("EDS ACK recorded", || {
+        h.status.list().iter().any(|p| {
+            p.types
+                .get("eds")
+                .is_some_and(|t| t.acked_version.as_deref() == Some(eds2.version_info.as_str()))
+        })
+    })
+    .await;
+    assert_eq!(h.ads.shared().names.interned(), interned + 1);
 
     // A VirtualService change: RDS is pushed, EDS (unchanged for this proxy) is not re-sent.
     h.snapshots
