@@ -153,6 +153,9 @@ printf 'galley:\n  replicas: 3\n' >"$out/galley-replicas-values.yaml"
 render galley-replicas "$out/galley-replicas-values.yaml"
 printf 'galley:\n  autoscaling:\n    enabled: true\n    minReplicas: 2\n    maxReplicas: 4\n' >"$out/galley-autoscaling-values.yaml"
 render galley-autoscaling "$out/galley-autoscaling-values.yaml"
+# Gateway credentials not from Kubernetes: no --credential-kube and no Secret grant for pilot.
+printf 'pilot:\n  gatewayCredentials:\n    kubernetes: false\n' >"$out/pilot-no-kube-credentials-values.yaml"
+render pilot-no-kube-credentials "$out/pilot-no-kube-credentials-values.yaml"
 shopt -s nullglob
 for values in "$chart"/ci/*-values.yaml; do
     render "$(basename "$values" .yaml)" "$values"

@@ -59,7 +59,8 @@ def chart_app_version():
 
 
 def pilot_extra_args(service, release, values, ns):
-    """Pilot's injection webhook and xDS-over-mTLS flags, when the values turn them on."""
+    """Pilot's injection webhook, xDS-over-mTLS and gateway-credential flags, when the values
+    turn them on."""
     if service == "galley":
         if values["galley"]["validationWebhook"]["enabled"]:
             return ["--webhook-addr", "0.0.0.0:9443",
@@ -87,6 +88,13 @@ def pilot_extra_args(service, release, values, ns):
         args += ["--xds-tls-addr", "0.0.0.0:15012",
                  "--citadel-addr", f"http://{release}-citadel:8060",
                  "--citadel-token-file", "/var/run/secrets/tokens/istio-token"]
+    creds = pilot.get("gatewayCredentials") or {}
+    if creds.get("kubernetes"):
+        args += ["--credential-kube"]
+        if creds.get("namespaces"):
+            args += ["--credential-kube-namespaces", ",".join(creds["namespaces"])]
+        if creds.get("plaintext"):
+            args += ["--credential-plaintext"]
     return args
 
 
@@ -336,6 +344,14 @@ def crate_api_resources(svc):
     return out
 
 
+def value_at(values, dotted):
+    """The value at a dotted path of the values (None when absent)."""
+    v = values
+    for part in dotted.split("."):
+        v = v.get(part) if isinstance(v, dict) else None
+    return v
+
+
 def check_rbac(by_kind, release, values):
     problems = []
     needs = rbac_needs()
@@ -370,6 +386,8 @@ def check_rbac(by_kind, release, values):
         rules = need.get("needs") or []
         want = set()
         for r in rules:
+            if r.get("when") and not value_at(values, r["when"]):
+                continue
             for verb in r["verbs"]:
                 for n in r.get("resourceNames") or ["*"]:
                     want.add((r["scope"], r["apiGroup"], r["resource"], verb, n))
@@ -546,7 +564,8 @@ def check_gateway(by_kind, release, values):
             opts.setdefault(flag, []).append(val)
     want = {
         "--type": ["router"],
-        "--xds-addr": [f"http://{release}-pilot:15010"],
+        "--xds-addr": [f"https://{release}-pilot:15012" if values["pilot"]["xdsTls"]["enabled"]
+                       else f"http://{release}-pilot:15010"],
         "--citadel-addr": [f"http://{release}-citadel:8060"],
         "--mixer-addr": [f"http://{release}-mixer:9091"],
         "--trust-domain": [values["trustDomain"]],

@@ -120,6 +120,32 @@ pub struct Args {
     #[arg(long, env = "PILOT_CREDENTIAL_DIR")]
     pub credential_dir: Option<PathBuf>,
 
+    /// Read gateway credentials from Kubernetes Secrets, as istiod does: a Gateway server's
+    /// `credentialName` names a Secret in the gateway workload's namespace, of type
+    /// kubernetes.io/tls (`tls.crt`, `tls.key`, optional `ca.crt`) or generic (`cert`, `key`,
+    /// optional `cacert`); a MUTUAL server's CA may also come from the Secret
+    /// `<credentialName>-cacert`. Secrets are listed and watched through the API server
+    /// (in-cluster config, else KUBECONFIG; needs get/list/watch on secrets); changes are pushed
+    /// to the gateways. Pilot is not ready until the first list is read. Not with
+    /// --credential-dir.
+    #[arg(long, env = "PILOT_CREDENTIAL_KUBE", conflicts_with = "credential_dir")]
+    pub credential_kube: bool,
+
+    /// Namespaces whose Secrets --credential-kube watches (comma-separated: the gateways'
+    /// namespaces); every namespace when empty.
+    #[arg(
+        long,
+        env = "PILOT_CREDENTIAL_KUBE_NAMESPACES",
+        value_delimiter = ',',
+        requires = "credential_kube"
+    )]
+    pub credential_kube_namespaces: Vec<String>,
+
+    /// Kubeconfig file for --credential-kube; when unset: in-cluster config, else KUBECONFIG
+    /// (or ~/.kube/config).
+    #[arg(long, env = "PILOT_KUBECONFIG", requires = "credential_kube")]
+    pub kubeconfig: Option<PathBuf>,
+
     /// How often --credential-dir is read for changes, in milliseconds.
     #[arg(long, env = "PILOT_CREDENTIAL_POLL_MS", default_value_t = 500)]
     pub credential_poll_ms: u64,

@@ -39,6 +39,9 @@ pub enum RunError {
     },
 }
 
+/// Readiness condition of `--credential-kube`: the Secrets' first list is read.
+const CREDENTIALS_LISTED: &str = "gateway-credentials-listed";
+
 /// Runs Pilot until `shutdown` resolves.
 pub async fn run(
     args: Args,
@@ -66,12 +69,14 @@ pub async fn run(
     };
 
     let citadel_identity = args.xds_tls_addr.is_some() && args.xds_tls_cert.is_none();
-    let conditions: &[&'static str] = if citadel_identity {
-        &[READY_CONDITION, XDS_TLS_READY]
-    } else {
-        &[READY_CONDITION]
-    };
-    let readiness = Readiness::new(conditions);
+    let mut conditions = vec![READY_CONDITION];
+    if citadel_identity {
+        conditions.push(XDS_TLS_READY);
+    }
+    if args.credential_kube {
+        conditions.push(CREDENTIALS_LISTED);
+    }
+    let readiness = Readiness::new(&conditions);
     let metrics = Metrics::default();
     let pilot_metrics = PilotMetrics::register(&metrics);
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -105,7 +110,27 @@ pub async fn run(
         status.clone(),
         stop_rx.clone(),
     );
-    if let Some(dir) = &args.credential_dir {
+    if args.credential_kube {
+        let client = crate::sds::kube_client(args.kubeconfig.as_deref())
+            .await
+            .map_err(|e| RunError::Config(format!("--credential-kube: {e}")))?;
+        let (source, mut listed) = crate::sds::watch_kube(
+            client,
+            crate::sds::KubeCredentialOptions {
+                namespaces: args.credential_kube_namespaces.clone(),
+                allow_plaintext: args.credential_plaintext,
+            },
+            crate::sds::SdsMetrics::register(&metrics),
+            stop_rx.clone(),
+        );
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            if listed.wait_for(|l| *l).await.is_ok() {
+                readiness.set(CREDENTIALS_LISTED, true);
+            }
+        });
+        ads = ads.with_credentials(source);
+    } else if let Some(dir) = &args.credential_dir {
         ads = ads.with_credentials(crate::sds::watch_dir(
             dir.clone(),
             std::time::Duration::from_millis(args.credential_poll_ms.max(10)),

@@ -11,10 +11,17 @@ pub struct SdsMetrics {
     pub missing: Counter,
     /// `pilot_sds_secrets_served_total`: secrets built for gateways (per computation).
     pub served: Counter,
-    /// `pilot_sds_credential_changes_total`: times the credential directory's content changed.
+    /// `pilot_sds_credential_changes_total`: times the credentials (the directory's content,
+    /// or the Kubernetes Secrets) changed.
     pub changes: Counter,
     /// `pilot_sds_credentials`: credentials (namespace/name) currently read.
     pub credentials: Gauge,
+    /// `pilot_sds_credentials_rejected_total`: Kubernetes Secrets skipped as malformed
+    /// credentials (a certificate without its key or the reverse), each time one is seen.
+    pub rejected: Counter,
+    /// `pilot_sds_kube_watch_errors_total`: failed lists/watches of the Kubernetes Secrets
+    /// (each is retried with backoff; the last credentials stay).
+    pub kube_watch_errors: Counter,
 }
 
 impl SdsMetrics {
@@ -34,13 +41,23 @@ impl SdsMetrics {
             );
             r.register(
                 "pilot_sds_credential_changes",
-                "Changes of the credential directory's content",
+                "Changes of the gateway credentials (directory content or Kubernetes Secrets)",
                 m.changes.clone(),
             );
             r.register(
                 "pilot_sds_credentials",
-                "Credentials (namespace/name) read from the credential directory",
+                "Credentials (namespace/name) read from the credential directory or Kubernetes",
                 m.credentials.clone(),
+            );
+            r.register(
+                "pilot_sds_credentials_rejected",
+                "Kubernetes Secrets skipped as malformed gateway credentials",
+                m.rejected.clone(),
+            );
+            r.register(
+                "pilot_sds_kube_watch_errors",
+                "Failed lists or watches of the Kubernetes Secrets (retried with backoff)",
+                m.kube_watch_errors.clone(),
             );
         });
         m

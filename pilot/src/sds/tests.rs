@@ -507,3 +507,68 @@ async fn delta_serves_referenced_secrets_rotates_and_removes() {
     assert_eq!(gone.removed_resources, ["bookinfo-cred"]);
     stop.send_replace(true);
 }
+
+/// Kubernetes Secrets, converted as `--credential-kube` does, answer a MUTUAL server: the
+/// certificate from `mtls-cred`, the CA from its `mtls-cred-cacert` companion when
+/// `mtls-cred` has none, and from `mtls-cred`'s own `ca.crt` when it has one.
+#[test]
+fn a_mutual_servers_ca_comes_from_the_cacert_companion_secret() {
+    use super::secret::Secret as KubeSecret;
+
+    let kube_secret = |name: &str, data: &[(&str, &str)]| {
+        let data: Vec<(&str, &[u8])> = data.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        KubeSecret::new("istio-system", name, &data)
+    };
+    let creds_of = |secrets: &[KubeSecret]| {
+        Credentials::from_entries(secrets.iter().map(|s| {
+            let key = (
+                s.metadata.namespace.clone().unwrap(),
+                s.metadata.name.clone().unwrap(),
+            );
+            (key, credential_from_secret(s).unwrap().unwrap())
+        }))
+    };
+    let ca_of = |got: &[Secret]| -> String {
+        let s = got.iter().find(|s| s.name == "mtls-cred-cacert").unwrap();
+        match &s.r#type {
+            Some(secret::Type::ValidationContext(v)) => inline(&v.trusted_ca),
+            other => panic!("not a validation context: {other:?}"),
+        }
+    };
+    let gw = router("istio-system");
+    let listeners = listeners_of(&gw);
+    let metrics = SdsMetrics::default();
+
+    let companion = creds_of(&[
+        kube_secret("mtls-cred", &[("tls.crt", "CERT-M"), ("tls.key", "KEY-M")]),
+        kube_secret("mtls-cred-cacert", &[("cacert", "CA-COMPANION")]),
+    ]);
+    let got = decoded(&secrets_for(&gw, &listeners, &companion, &metrics));
+    assert_eq!(ca_of(&got), "CA-COMPANION");
+    let cert = got.iter().find(|s| s.name == "mtls-cred").unwrap();
+    assert_eq!(cert_of(cert), ("CERT-M".to_string(), "KEY-M".to_string()));
+
+    let own = creds_of(&[
+        kube_secret(
+            "mtls-cred",
+            &[
+                ("tls.crt", "CERT-M"),
+                ("tls.key", "KEY-M"),
+                ("ca.crt", "CA-OWN"),
+            ],
+        ),
+        kube_secret("mtls-cred-cacert", &[("cacert", "CA-COMPANION")]),
+    ]);
+    assert_eq!(
+        ca_of(&decoded(&secrets_for(&gw, &listeners, &own, &metrics))),
+        "CA-OWN"
+    );
+
+    // Without either CA, the validation context is not sent (the listener waits for it).
+    let none = creds_of(&[kube_secret(
+        "mtls-cred",
+        &[("tls.crt", "CERT-M"), ("tls.key", "KEY-M")],
+    )]);
+    let got = decoded(&secrets_for(&gw, &listeners, &none, &metrics));
+    assert!(got.iter().all(|s| s.name != "mtls-cred-cacert"));
+}
