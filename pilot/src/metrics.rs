@@ -40,6 +40,8 @@ pub struct PilotMetrics {
     pub connected_proxies: Gauge,
     /// `pilot_virtualservices_skipped_total`: VirtualService rules that could not be translated.
     pub vs_skipped: Counter,
+    /// `pilot_registry_problems`: config objects the last push left out as invalid.
+    pub registry_problems: Gauge,
     /// `pilot_galley_updates_total{collection}`: collection states received from Galley.
     pub galley_updates: Family<CollectionLabel, Counter>,
     /// `pilot_galley_nacks_total{collection}`: collection states rejected (undecodable resource).
@@ -64,6 +66,7 @@ impl Default for PilotMetrics {
             xds_nacks: Family::default(),
             connected_proxies: Gauge::default(),
             vs_skipped: Counter::default(),
+            registry_problems: Gauge::default(),
             galley_updates: Family::default(),
             galley_nacks: Family::default(),
             galley_connects: Counter::default(),
@@ -99,6 +102,11 @@ impl PilotMetrics {
                 "pilot_virtualservices_skipped",
                 "VirtualServices (or rules of them) skipped because they cannot be translated",
                 m.vs_skipped.clone(),
+            );
+            r.register(
+                "pilot_registry_problems",
+                "Config objects (Sidecars, WorkloadEntries, security policies) the last push left out because they are invalid; /debug/registryz lists them",
+                m.registry_problems.clone(),
             );
             r.register(
                 "pilot_galley_updates",

@@ -659,6 +659,10 @@ impl Pusher {
         let secs = started.elapsed().as_secs_f64();
         self.metrics.push_context_time.observe(secs);
         self.metrics.trigger(kind.as_str());
+        let problems = next.registry.problems.len();
+        self.metrics
+            .registry_problems
+            .set(i64::try_from(problems).unwrap_or(i64::MAX));
         tracing::info!(
             epoch = next.epoch,
             kind = kind.as_str(),
@@ -726,6 +730,17 @@ mod tests {
         watch::Receiver<Arc<PushContext>>,
         watch::Sender<bool>,
     ) {
+        pusher_with(PilotMetrics::default())
+    }
+
+    /// [`pusher`] counting into `metrics`.
+    fn pusher_with(
+        metrics: PilotMetrics,
+    ) -> (
+        watch::Sender<Arc<Snapshot>>,
+        watch::Receiver<Arc<PushContext>>,
+        watch::Sender<bool>,
+    ) {
         let initial = Arc::new(Snapshot::from_objects([service("a", 80)]));
         let (snap_tx, snap_rx) = watch::channel(initial.clone());
         let first = PushContext::build(
@@ -744,7 +759,7 @@ mod tests {
             pushes: push_tx,
             domain_suffix: "cluster.local".into(),
             options: options(),
-            metrics: PilotMetrics::default(),
+            metrics,
             convergence: Arc::new(Convergence::new(Histogram::new(exponential_buckets(
                 0.001, 2.0, 4,
             )))),
@@ -753,6 +768,42 @@ mod tests {
         };
         tokio::spawn(p.run());
         (snap_tx, push_rx, stop_tx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalid_objects_left_out_are_counted_in_a_gauge() {
+        let metrics = PilotMetrics::default();
+        let (snaps, mut pushes, _stop) = pusher_with(metrics.clone());
+        pushes.borrow_and_update();
+        let sidecar = |port: u16| -> ConfigObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+                "metadata": {"name": "default", "namespace": "default"},
+                "spec": {"ingress": [{"port": {"number": port, "protocol": "HTTP", "name": "http"},
+                                      "defaultEndpoint": "127.0.0.1:8080"}]}
+            }))
+            .unwrap()
+        };
+        snaps.send_replace(Arc::new(Snapshot::from_objects([
+            service("a", 80),
+            sidecar(0),
+        ])));
+        pushes.changed().await.unwrap();
+        let push = pushes.borrow_and_update().clone();
+        assert_eq!(
+            push.registry.problems.len(),
+            1,
+            "{:?}",
+            push.registry.problems
+        );
+        assert_eq!(metrics.registry_problems.get(), 1);
+        snaps.send_replace(Arc::new(Snapshot::from_objects([
+            service("a", 80),
+            sidecar(9080),
+        ])));
+        pushes.changed().await.unwrap();
+        assert!(pushes.borrow_and_update().registry.problems.is_empty());
+        assert_eq!(metrics.registry_problems.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
