@@ -65,6 +65,21 @@ where
     }
 }
 
+/// The TLS ClientHello reader behind SNI routing and the PERMISSIVE ALPN check: `buf`'s server
+/// name and ALPN protocols, `None` when the hello is incomplete or `buf` is not one.
+pub fn client_hello(buf: &[u8]) -> Option<(Option<String>, Vec<Vec<u8>>)> {
+    let read = |h: &crate::tcp::ClientHello<'_>| {
+        (
+            h.server_name().map(str::to_string),
+            h.alpn().map(<[u8]>::to_vec).collect(),
+        )
+    };
+    match crate::tcp::with_client_hello(buf, read) {
+        crate::tcp::Peeked::Hello(v) => Some(v),
+        crate::tcp::Peeked::Incomplete | crate::tcp::Peeked::NotHello => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

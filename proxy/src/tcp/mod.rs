@@ -12,7 +12,7 @@ mod outbound;
 mod passthrough;
 mod sni;
 
-pub(crate) use client_hello::{Peeked, with_client_hello};
+pub(crate) use client_hello::{ClientHello, Peeked, with_client_hello};
 pub use envoy::{TCP_PROXY_FILTER, decode_tcp_proxy};
 pub use inbound::{serve_inbound, serve_inbound_plaintext};
 pub use metrics::{TcpLabels, TcpMetrics};
