@@ -200,14 +200,7 @@ impl std::fmt::Display for Authority {
 
 /// The request's authority: from an absolute-form URI (proxy form), else the `Host` header.
 pub fn authority<B>(req: &Request<B>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
-    }
-    req.headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .map(str::to_string)
+    Authority::of(req).map(|a| a.as_str().to_string())
 }
 
 #[cfg(test)]
